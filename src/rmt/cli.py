@@ -1,0 +1,26 @@
+"""The `rmt` command line. Each sub-command lives next to the code it drives and registers itself here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rmt", description="Recurrent Memory Transformer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    # Imported lazily so `rmt --help` stays fast and one broken sub-command cannot hide the others.
+    from rmt.tasks import commands as task_commands
+
+    task_commands.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
