@@ -52,8 +52,10 @@ def test_every_gsm8k_test_answer_parses_to_a_number():
 @needs_data
 def test_gsm8k_real_line():
     janet = _lines(GSM8K_TEST)[0]["answer"]  # "... #### 18"
-    assert _gsm8k_single(" She makes 9 * 2 = $18 every day. #### 18", janet) == {"strict_match": 1.0, "flexible_extract": 1.0}
-    assert _gsm8k_single(" 16 - 3 - 4 = 9 eggs, so she makes 9 * 2 = 18.", janet) == {"strict_match": 0.0, "flexible_extract": 1.0}
+    both = {"strict_match": 1.0, "flexible_extract": 1.0}
+    assert _gsm8k_single(" She makes 9 * 2 = $18 every day. #### 18", janet) == both
+    only_flexible = {"strict_match": 0.0, "flexible_extract": 1.0}
+    assert _gsm8k_single(" 16 - 3 - 4 = 9 eggs, so she makes 9 * 2 = 18.", janet) == only_flexible
     assert _gsm8k_single(" #### 19", janet) == {"strict_match": 0.0, "flexible_extract": 0.0}
 
 

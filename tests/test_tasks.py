@@ -336,11 +336,13 @@ def _write_countries(path: Path, rows: list[dict[str, str]]) -> None:
 
 def test_facts_real_keeps_na_and_skips_missing(tmp_path):
     _write_countries(tmp_path / facts_real.COUNTRIES_FILE, [
-        {"CLDR display name": "Canada", "Capital": "Ottawa", "Continent": "NA", "ISO4217-currency_name": "Canadian Dollar"},
+        {"CLDR display name": "Canada", "Capital": "Ottawa", "Continent": "NA",
+         "ISO4217-currency_name": "Canadian Dollar"},
         {"CLDR display name": "Nowhere", "Capital": "", "Continent": "", "ISO4217-currency_name": "Euro"},
         {"CLDR display name": "Lesotho", "Capital": "Maseru", "Continent": "AF", "ISO4217-currency_name": "Loti,Rand"},
     ])
-    facts = {(f.entity, f.attribute): f.value for f in facts_real.load_country_facts(tmp_path / facts_real.COUNTRIES_FILE)}
+    loaded = facts_real.load_country_facts(tmp_path / facts_real.COUNTRIES_FILE)
+    facts = {(f.entity, f.attribute): f.value for f in loaded}
     assert facts == {
         ("Canada", "capital"): "Ottawa", ("Canada", "continent"): "North America",
         ("Canada", "currency"): "Canadian Dollar", ("Nowhere", "currency"): "Euro",
@@ -432,7 +434,9 @@ def test_triviaqa_file_errors(tmp_path):
 
 
 def test_triviaqa_custom_file(tmp_path):
-    records = [{"context": f"Question: q{i}?\nAnswer:", "answer": f"a{i}", "aliases": [f"a{i}", "x"]} for i in range(20)]
+    records = [
+        {"context": f"Question: q{i}?\nAnswer:", "answer": f"a{i}", "aliases": [f"a{i}", "x"]} for i in range(20)
+    ]
     path = _write(tmp_path / "t.jsonl", [json.dumps(r) for r in records])
     task = get_task("triviaqa", path=path)
     assert [len(task.split(s)) for s in SPLITS] == [16, 2, 2]

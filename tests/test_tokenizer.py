@@ -64,7 +64,8 @@ def test_save_load_round_trip(tmp_path, bpe):
         assert json.loads((directory / "tokenizer_config.json").read_text()) == {"kind": tokenizer.kind}
         loaded = load_tokenizer(directory)
         assert type(loaded) is type(tokenizer)
-        assert (loaded.vocab_size, loaded.pad_id, loaded.eos_id) == (tokenizer.vocab_size, tokenizer.pad_id, tokenizer.eos_id)
+        for attribute in ("vocab_size", "pad_id", "eos_id"):
+            assert getattr(loaded, attribute) == getattr(tokenizer, attribute)
         for text in (TRICKY, *SAMPLES[:4]):
             assert loaded.encode(text) == tokenizer.encode(text)
             assert loaded.decode(loaded.encode(text)) == text

@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # imported lazily at run time, so the byte tokenizer works without the library
+    import tokenizers
 
 CONFIG_FILE = "tokenizer_config.json"
 BPE_FILE = "tokenizer.json"
@@ -68,7 +71,7 @@ class BPETokenizer:
 
     kind = "bpe"
 
-    def __init__(self, tokenizer: "tokenizers.Tokenizer") -> None:  # noqa: F821 (imported lazily)
+    def __init__(self, tokenizer: tokenizers.Tokenizer) -> None:
         self._tokenizer = tokenizer
         pad_id = tokenizer.token_to_id(PAD_TOKEN)
         if pad_id is None:

@@ -131,7 +131,9 @@ def check_leakage(task: Task) -> list[str]:
     containment, not just equality, because a training sample could embed an evaluation question in longer text;
     training texts are checked both with and without their chain of thought.
     """
-    prompts = {example.prompt for split in ("validation", "test") for example in task.split(split) if example.kind == "qa"}
+    prompts = {
+        example.prompt for split in ("validation", "test") for example in task.split(split) if example.kind == "qa"
+    }
     if not prompts:
         return []
     train = task.split("train")

@@ -44,10 +44,14 @@ class Relation:
                 raise ValueError(f"Relation {self.name!r}: statement must end with the value, got {template!r}")
         for template in self.questions:
             if not template.endswith("A:") or "{e}" not in template:
-                raise ValueError(f"Relation {self.name!r}: question must contain {{e}} and end with 'A:', got {template!r}")
+                raise ValueError(
+                    f"Relation {self.name!r}: question must contain {{e}} and end with 'A:', got {template!r}"
+                )
         if len(self.questions) < 2:
             # Template hold-out needs one phrasing to hold out and at least one to train on.
-            raise ValueError(f"Relation {self.name!r}: expected at least 2 question templates, got {len(self.questions)}")
+            raise ValueError(
+                f"Relation {self.name!r}: expected at least 2 question templates, got {len(self.questions)}"
+            )
 
     def state(self, template: int, entity: str, value: str) -> str:
         return self.statements[template].format(e=entity, v=value, a=indefinite_article(value))

@@ -34,7 +34,8 @@ CONTINENTS: dict[str, str] = {
 RELATIONS: dict[str, Relation] = {
     "capital": Relation(
         "capital",
-        statements=("The capital of {e} is {v}.", "{e} has its capital in {v}.", "The seat of government of {e} is {v}."),
+        statements=("The capital of {e} is {v}.", "{e} has its capital in {v}.",
+                    "The seat of government of {e} is {v}."),
         questions=("Q: What is the capital of {e}? A:", "Q: Which city is the capital of {e}? A:",
                    "Q: Where is the seat of government of {e}? A:"),
     ),

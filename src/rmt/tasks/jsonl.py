@@ -26,7 +26,9 @@ def read_jsonl(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; expected JSON lines, one object per line like {expected_format}")
+        raise FileNotFoundError(
+            f"{path}: no such file; expected JSON lines, one object per line like {expected_format}"
+        )
     records = []
     with path.open(encoding="utf-8") as lines:
         for line_number, line in enumerate(lines, start=1):
@@ -36,7 +38,9 @@ def read_jsonl(
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: bad JSON ({error.msg}); expected an object like {expected_format}") from None
+                raise ValueError(
+                    f"{where}: bad JSON ({error.msg}); expected an object like {expected_format}"
+                ) from None
             if not isinstance(record, dict):
                 raise ValueError(
                     f"{where}: expected a JSON object like {expected_format}, got {type(record).__name__}"
