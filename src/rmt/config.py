@@ -1,0 +1,142 @@
+"""`RMTConfig`: every architectural choice of the model in one self-validating dataclass.
+
+It round-trips through plain dicts, JSON and TOML, so a checkpoint's `config.json` and a training config's
+`[model]` table describe the same thing. An unknown key, a wrong type or an out-of-range value raises a
+`ConfigError` that names the field, what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclass
+class RMTConfig:
+    # Vocabulary (the byte tokenizer: 256 bytes + pad).
+    vocab_size: int = 257
+    pad_id: int = 256
+    # Width and depth. Layers: prelude -> (memory, thinking core x K) -> coda.
+    d_model: int = 128
+    n_prelude: int = 2
+    n_core: int = 1
+    n_coda: int = 1
+    mlp_mult: int = 2  # gated-MLP hidden size = mlp_mult * d_model
+    # Selective-SSM token mixer.
+    ssm_expand: int = 2
+    ssm_head_dim: int = 32
+    ssm_d_state: int = 16
+    ssm_conv: int = 4  # short causal conv in prelude/coda; the core has none (exact per-token skipping)
+    ssm_chunk: int = 64
+    # Parametric product-key memory: n_keys**2 slots.
+    memory: bool = True
+    mem_n_keys: int = 64
+    mem_heads: int = 2
+    mem_topk: int = 8
+    mem_d_key: int = 64
+    # Explicit (run-time) memory bank read by linear attention.
+    explicit_memory: bool = True
+    explicit_d_key: int = 64
+    # Thinking core: K iterations of shared-weight layers.
+    think_iters: int = 4  # K at inference (and the largest K sampled in training)
+    think_iters_min: int = 1  # smallest K sampled in training
+    think_bptt: int = 2  # gradients flow through only the last this-many iterations
+    think_init: str = "zero"  # initial core state: "zero" or "random"
+    # Router over {memory, think, both}.
+    router_threshold: float = 0.5  # at inference a token with p(think) + p(both) below this skips the core
+    router_init_think: float = 1.0  # initial logit bonus of the think/both branches, so training starts by thinking
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----------------------------------------------------------------------------------------- checks
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+            ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f.name, float(value))
+                ok = True
+            if not ok:
+                raise ConfigError(f"RMTConfig.{f.name}: expected {f.type}, got {value!r} ({type(value).__name__})")
+        positive = ["vocab_size", "d_model", "n_core", "mlp_mult", "ssm_expand", "ssm_head_dim", "ssm_d_state",
+                    "ssm_conv", "ssm_chunk", "mem_n_keys", "mem_heads", "mem_topk", "mem_d_key", "explicit_d_key",
+                    "think_bptt"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"RMTConfig.{name}: expected a positive integer, got {getattr(self, name)}")
+        for name in ["n_prelude", "n_coda", "think_iters", "think_iters_min"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"RMTConfig.{name}: expected an integer >= 0, got {getattr(self, name)}")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ConfigError(f"RMTConfig.pad_id: expected 0 <= pad_id < vocab_size={self.vocab_size}, got {self.pad_id}")
+        if (self.ssm_expand * self.d_model) % self.ssm_head_dim:
+            raise ConfigError(f"RMTConfig.ssm_head_dim: must divide ssm_expand * d_model = "
+                              f"{self.ssm_expand * self.d_model}, got {self.ssm_head_dim}")
+        if self.mem_d_key % 2:
+            raise ConfigError(f"RMTConfig.mem_d_key: expected an even number (two product halves), got {self.mem_d_key}")
+        if self.mem_topk > self.mem_n_keys:
+            raise ConfigError(f"RMTConfig.mem_topk: expected <= mem_n_keys={self.mem_n_keys}, got {self.mem_topk}")
+        if self.think_iters_min > self.think_iters:
+            raise ConfigError(f"RMTConfig.think_iters_min: expected <= think_iters={self.think_iters}, "
+                              f"got {self.think_iters_min}")
+        if self.think_init not in ("zero", "random"):
+            raise ConfigError(f"RMTConfig.think_init: expected 'zero' or 'random', got {self.think_init!r}")
+        if not 0.0 < self.router_threshold < 1.0:
+            raise ConfigError(f"RMTConfig.router_threshold: expected a value in (0, 1), got {self.router_threshold}")
+
+    # ----------------------------------------------------------------------------------------- I/O
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RMTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown model key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "RMTConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_toml(self) -> str:
+        return "".join(f"{k} = {_toml_value(v)}\n" for k, v in self.to_dict().items())
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = "<toml>") -> "RMTConfig":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{source}: not valid TOML: {e}") from None
+        return cls.from_dict(data, source=source)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string literal is a valid TOML basic string
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")

@@ -1,0 +1,245 @@
+"""The Recurrent Memory Transformer, whole, in one file.
+
+    tokens ─ embed ─ prelude ─┬─ router  p(memory, think, both)          -> w_memory, w_think
+                              ├─ memory read (product keys [+ explicit bank]) scaled by w_memory
+                              │      e = h + w_memory * m                 (the preliminary answer signal)
+                              └─ thinking core × K on e, gated by w_think -> s
+                 coda(e + s) ── norm ── LM head (tied to the embedding)
+
+Every layer mixes tokens with a selective SSM (``ssm.py``), so cost is linear in length and generation
+keeps a constant-size state (``Cache``). Ablations are arguments, not forks: ``memory=False`` never reads
+memory, ``think_iters=0`` never calls the core, ``router="memory"|"think"|"both"`` forces a branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rmt.config import RMTConfig
+from rmt.memory import ExplicitMemoryBank, ExplicitMemoryRead, ProductKeyMemory
+from rmt.router import Router, Routing
+from rmt.ssm import Block, MixerState, RMSNorm
+from rmt.thinking import ExitRule, ThinkingCore
+
+
+@dataclass
+class Output:
+    logits: Tensor  # (B, T, V)
+    routing: Routing
+    think_iters: Tensor  # (B, T) thinking iterations each token actually ran
+    compute_cost: Tensor  # scalar: mean over tokens of w_think * K (what the router pays for thinking)
+
+
+@dataclass
+class Cache:
+    """Everything generation needs to continue a batch of sequences; its size never depends on their length."""
+
+    prelude: list[MixerState]
+    core: list[list[MixerState]]  # [iteration][layer]
+    coda: list[MixerState]
+    length: int = 0
+    explicit_bank: ExplicitMemoryBank | None = None
+
+    def tensors(self) -> list[Tensor]:
+        states = self.prelude + [s for it in self.core for s in it] + self.coda
+        return [t for s in states for t in (s.ssm, s.conv)]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+@dataclass
+class GenerationResult:
+    tokens: Tensor  # (B, n) generated ids (pad after a sequence's end-of-answer)
+    think_iters: list[float] = field(default_factory=list)  # mean thinking iterations of each generated step
+
+
+class RMT(nn.Module):
+    def __init__(self, config: RMTConfig):
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        hidden = c.mlp_mult * c.d_model
+        ssm = dict(expand=c.ssm_expand, head_dim=c.ssm_head_dim, d_state=c.ssm_d_state, chunk=c.ssm_chunk)
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.prelude = nn.ModuleList([Block(c.d_model, hidden, conv_width=c.ssm_conv, **ssm) for _ in range(c.n_prelude)])
+        self.router = Router(c.d_model, c.router_threshold, c.router_init_think)
+        self.memory_norm = RMSNorm(c.d_model)
+        self.memory = (ProductKeyMemory(c.d_model, n_keys=c.mem_n_keys, heads=c.mem_heads, d_key=c.mem_d_key,
+                                        topk=c.mem_topk) if c.memory else None)
+        self.explicit = ExplicitMemoryRead(c.d_model, d_key=c.explicit_d_key) if c.explicit_memory else None
+        self.core = ThinkingCore(c.d_model, c.n_core, hidden, **ssm)
+        self.coda = nn.ModuleList([Block(c.d_model, hidden, conv_width=c.ssm_conv, **ssm) for _ in range(c.n_coda)])
+        self.norm = RMSNorm(c.d_model)
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    # ------------------------------------------------------------------------------------- pieces
+    def num_params(self, exclude_memory_values: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_memory_values and self.memory is not None:
+            n -= sum(p.numel() for p in self.memory.value_parameters())
+        return n
+
+    def _memory_read(self, h: Tensor, bank: ExplicitMemoryBank | None) -> Tensor:
+        q = self.memory_norm(h)
+        m = self.memory(q) if self.memory is not None else torch.zeros_like(h)
+        if bank is not None:
+            if self.explicit is None:
+                raise ValueError("an explicit memory bank was given but the config has explicit_memory = false")
+            m = m + self.explicit(q, bank)
+        return m
+
+    def _head(self, x: Tensor) -> Tensor:
+        return self.norm(x) @ self.embed.weight.T
+
+    def _iters(self, think_iters: int | None) -> int:
+        k = self.config.think_iters if think_iters is None else think_iters
+        if k < 0:
+            raise ValueError(f"think_iters must be >= 0, got {k}")
+        return k
+
+    # ------------------------------------------------------------------------------------- forward
+    def forward(self, idx: Tensor, *, think_iters: int | None = None, memory: bool = True, router: str = "learned",
+                explicit_bank: ExplicitMemoryBank | None = None, exit_rule: ExitRule | None = None,
+                hard_routing: bool | None = None, bptt: int | None = None) -> Output:
+        """idx (B, T) token ids -> Output with logits (B, T, V).
+
+        think_iters: K (default config.think_iters; 0 = recurrence off, the core is never called).
+        memory: False = no memory read at all. router: "learned" or a forced branch.
+        hard_routing: skip the core for tokens below the router threshold (default: when not training).
+        bptt: back-propagate through only the last this-many iterations (training).
+        """
+        K = self._iters(think_iters)
+        hard = (not self.training) if hard_routing is None else hard_routing
+        h = self.embed(idx)
+        for layer in self.prelude:
+            h = layer(h)
+        routing = self.router(h, mode=router, hard=hard)
+        e = h
+        if memory:
+            e = h + routing.w_memory.unsqueeze(-1) * self._memory_read(h, explicit_bank)
+        if K > 0 and bool(routing.think_mask.any()):
+            s, used = self.core(e, routing.w_think, K, bptt=bptt, exit_rule=exit_rule, init=self.config.think_init)
+            x = e + s
+        else:
+            x, used = e, torch.zeros(idx.shape, device=idx.device)
+        for layer in self.coda:
+            x = layer(x)
+        cost = (routing.w_think.float() * K).mean()
+        return Output(self._head(x), routing, used, cost)
+
+    # ------------------------------------------------------------------------------------- generation
+    def new_cache(self, batch: int, think_iters: int | None = None, device=None,
+                  explicit_bank: ExplicitMemoryBank | None = None) -> Cache:
+        K = self._iters(think_iters)
+        return Cache(prelude=[l.mixer.empty_state(batch, device=device) for l in self.prelude],
+                     core=self.core.empty_states(batch, K, device=device),
+                     coda=[l.mixer.empty_state(batch, device=device) for l in self.coda],
+                     explicit_bank=explicit_bank)
+
+    @torch.no_grad()
+    def step(self, token: Tensor, cache: Cache, *, memory: bool = True, router: str = "learned",
+             exit_rule: ExitRule | None = None) -> tuple[Tensor, Tensor, Cache]:
+        """Decode one token: token (B,) -> logits (B, V), thinking iterations run (B,), updated cache.
+
+        O(1) in the context length. A token the router sends past thinking (w_think below the
+        threshold) does not run the core at all; when no token of the batch thinks, the core is skipped.
+        """
+        h = self.embed(token)
+        prelude = []
+        for layer, st in zip(self.prelude, cache.prelude):
+            h, st = layer.step(h, st)
+            prelude.append(st)
+        routing = self.router(h, mode=router, hard=True)
+        e = h
+        if memory:
+            e = h + routing.w_memory.unsqueeze(-1) * self._memory_read(h, cache.explicit_bank)
+        core_states = cache.core
+        if cache.core and bool(routing.think_mask.any()):
+            s, used, core_states = self.core.step(e, routing.w_think, cache.core, exit_rule=exit_rule)
+            x = e + s
+        else:
+            x, used = e, torch.zeros(token.shape, device=token.device)
+        coda = []
+        for layer, st in zip(self.coda, cache.coda):
+            x, st = layer.step(x, st)
+            coda.append(st)
+        new = Cache(prelude, core_states, coda, cache.length + 1, cache.explicit_bank)
+        return self._head(x), used, new
+
+    @torch.no_grad()
+    def prefill(self, idx: Tensor, *, think_iters: int | None = None, memory: bool = True, router: str = "learned",
+                explicit_bank: ExplicitMemoryBank | None = None, exit_rule: ExitRule | None = None
+                ) -> tuple[Tensor, Tensor, Cache]:
+        """Read a prompt (B, T) in parallel (chunked scans) -> last logits (B, V), think iters (B, T), cache."""
+        K = self._iters(think_iters)
+        cache = self.new_cache(idx.shape[0], K, idx.device, explicit_bank)
+        h = self.embed(idx)
+        for i, layer in enumerate(self.prelude):
+            h, cache.prelude[i] = layer(h, return_state=True)
+        routing = self.router(h, mode=router, hard=True)
+        e = h
+        if memory:
+            e = h + routing.w_memory.unsqueeze(-1) * self._memory_read(h, explicit_bank)
+        used = torch.zeros(idx.shape, device=idx.device)
+        x = e
+        if K > 0:
+            s, used, cache.core = self.core(e, routing.w_think, K, exit_rule=exit_rule, keep_states=True)
+            x = e + s
+        for i, layer in enumerate(self.coda):
+            x, cache.coda[i] = layer(x, return_state=True)
+        cache.length = idx.shape[1]
+        return self._head(x[:, -1]), used, cache
+
+    @torch.no_grad()
+    def generate(self, idx: Tensor, max_new_tokens: int, *, eos_id: int | None = None, think_iters: int | None = None,
+                 memory: bool = True, router: str = "learned", explicit_bank: ExplicitMemoryBank | None = None,
+                 exit_rule: ExitRule | None = None) -> GenerationResult:
+        """Greedy continuation of equal-length prompts idx (B, T); stops a row at eos_id."""
+        kw = dict(memory=memory, router=router, exit_rule=exit_rule)
+        logits, _, cache = self.prefill(idx, think_iters=think_iters, explicit_bank=explicit_bank, **kw)
+        out, iters = [], []
+        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+        for _ in range(max_new_tokens):
+            nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, self.config.pad_id), nxt)
+            out.append(nxt)
+            if eos_id is not None:
+                done = done | (nxt == eos_id)
+            if bool(done.all()):
+                break
+            logits, used, cache = self.step(nxt, cache, **kw)
+            iters.append(float(used[~done].mean()) if bool((~done).any()) else 0.0)
+        tokens = torch.stack(out, dim=1) if out else idx.new_zeros(idx.shape[0], 0)
+        return GenerationResult(tokens, iters)
+
+    # ------------------------------------------------------------------------------------- explicit memory
+    def new_memory_bank(self) -> ExplicitMemoryBank:
+        if self.explicit is None:
+            raise ValueError("this model was built with explicit_memory = false")
+        return self.explicit.new_bank()
+
+    def write_memory(self, bank: ExplicitMemoryBank, entries: Tensor, mask: Tensor | None = None) -> None:
+        """Write entry embeddings (B, M, D) — encoded facts, image patches — into ``bank``."""
+        if self.explicit is None:
+            raise ValueError("this model was built with explicit_memory = false")
+        keys, values = self.explicit.encode_entries(entries)
+        bank.write(keys, values, mask)
+
+    def encode_text(self, idx: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Entry embeddings for texts (M, T) -> (M, D): the prelude's state at each text's last token."""
+        h = self.embed(idx)
+        for layer in self.prelude:
+            h = layer(h)
+        last = (lengths - 1) if lengths is not None else torch.full((idx.shape[0],), idx.shape[1] - 1)
+        return h[torch.arange(idx.shape[0]), last.to(idx.device)]
+
+
+def loss_fn(out: Output, targets: Tensor, compute_weight: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Cross-entropy over targets (B, T) (-100 = ignore) plus the router's compute cost -> (total, lm loss)."""
+    lm = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    return lm + compute_weight * out.compute_cost, lm
