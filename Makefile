@@ -49,8 +49,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/rmt demo $(DEMO_ARGS)
 
+# pytest is already quiet through pyproject's addopts (-q); a second -q would drop the closing
+# 'N passed' line that people and CI read.
 test: $(STAMP)
-	$(VENV_PY) -m pytest -q
+	$(VENV_PY) -m pytest
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache src/*.egg-info
