@@ -55,6 +55,7 @@ class Cache:
 @dataclass
 class GenerationResult:
     tokens: Tensor  # (B, n) generated ids (pad after a sequence's end-of-answer)
+    prompt_think_iters: Tensor  # (B, T) thinking iterations each prompt token ran
     think_iters: list[float] = field(default_factory=list)  # mean thinking iterations of each generated step
 
 
@@ -201,7 +202,7 @@ class RMT(nn.Module):
                  exit_rule: ExitRule | None = None) -> GenerationResult:
         """Greedy continuation of equal-length prompts idx (B, T); stops a row at eos_id."""
         kw = dict(memory=memory, router=router, exit_rule=exit_rule)
-        logits, _, cache = self.prefill(idx, think_iters=think_iters, explicit_bank=explicit_bank, **kw)
+        logits, prompt_iters, cache = self.prefill(idx, think_iters=think_iters, explicit_bank=explicit_bank, **kw)
         out, iters = [], []
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
@@ -215,7 +216,7 @@ class RMT(nn.Module):
             logits, used, cache = self.step(nxt, cache, **kw)
             iters.append(float(used[~done].mean()) if bool((~done).any()) else 0.0)
         tokens = torch.stack(out, dim=1) if out else idx.new_zeros(idx.shape[0], 0)
-        return GenerationResult(tokens, iters)
+        return GenerationResult(tokens, prompt_iters, iters)
 
     # ------------------------------------------------------------------------------------- explicit memory
     def new_memory_bank(self) -> ExplicitMemoryBank:

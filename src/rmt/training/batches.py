@@ -1,0 +1,74 @@
+"""Batches from a weighted mix of tasks: token ids, and targets that score only what should be learned.
+
+For a "qa" example only the answer (and the end-of-sample newline) is a target — the question is given,
+not predicted; for "text" every token is. Rows are right-padded: the model is causal, so padding after a
+sequence cannot change what comes before it.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import Tensor
+
+from rmt.tasks import Example
+from rmt.tokenizer import Tokenizer
+
+
+def filter_examples(examples: list[Example], flt: dict[str, int]) -> list[Example]:
+    lo, hi = flt.get("min_steps", 0), flt.get("max_steps", 10**9)
+    kept = [ex for ex in examples if lo <= ex.meta.get("steps", lo) <= hi]
+    if not kept:
+        raise ValueError(f"filter {flt} keeps no example")
+    return kept
+
+
+def encode_example(ex: Example, tok: Tokenizer, cot: bool = False) -> tuple[list[int], int]:
+    """-> (ids, index of the first target token)."""
+    if ex.kind == "text":
+        return tok.encode(ex.text(cot)), 0
+    prompt = tok.encode(ex.prompt)
+    return prompt + tok.encode(ex.text(cot)[len(ex.prompt):]), len(prompt)
+
+
+def collate(encoded: list[tuple[list[int], int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """[(ids, first_target)] -> inputs (B, T), targets (B, T) with -100 where nothing is scored."""
+    T = max(len(ids) for ids, _ in encoded) - 1
+    x = torch.full((len(encoded), T), pad_id, dtype=torch.long)
+    y = torch.full((len(encoded), T), -100, dtype=torch.long)
+    for i, (ids, start) in enumerate(encoded):
+        ids_t = torch.tensor(ids, dtype=torch.long)
+        n = len(ids) - 1
+        x[i, :n] = ids_t[:-1]
+        first = max(start - 1, 0)  # position t predicts token t + 1
+        y[i, first:n] = ids_t[first + 1:]
+    return x, y
+
+
+class TaskMix:
+    """Samples batches from several tasks' training examples with fixed weights, reproducibly from a seed."""
+
+    def __init__(self, pools: dict[str, list[Example]], weights: dict[str, float], tokenizer: Tokenizer,
+                 seed: int, cot: bool = False):
+        missing = sorted(set(weights) - set(pools))
+        if missing:
+            raise ValueError(f"task mix names unknown task(s) {missing}; available: {sorted(pools)}")
+        self.names = list(weights)
+        self.weights = [weights[n] for n in self.names]
+        self.pools, self.tok, self.cot = pools, tokenizer, cot
+        self.rng = random.Random(seed)
+
+    def batch(self, size: int) -> tuple[Tensor, Tensor, list[str]]:
+        """-> inputs, targets, and the task name of every row (for per-task losses)."""
+        names = self.rng.choices(self.names, weights=self.weights, k=size)
+        examples = [self.rng.choice(self.pools[n]) for n in names]
+        x, y = collate([encode_example(ex, self.tok, self.cot) for ex in examples], self.tok.pad_id)
+        return x, y, names
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        st = state["rng"]
+        self.rng.setstate((st[0], tuple(st[1]), st[2]))

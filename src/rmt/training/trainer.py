@@ -1,0 +1,130 @@
+"""The training loop: one process, AdamW with warm-up + cosine, gradient clipping, a NaN guard, progress.
+
+Each curriculum stage gets its own optimizer (its learning rates and frozen parts differ) with three
+parameter groups: weights with decay; norms, biases and SSM state parameters (A_log, D, dt_bias) without;
+and the memory values with their own learning rate and no decay.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from rmt.model import RMT, loss_fn
+from rmt.tasks import Example
+from rmt.tokenizer import Tokenizer
+from rmt.training.batches import TaskMix, filter_examples
+from rmt.training.curriculum import Stage
+
+
+def param_groups(model: RMT, stage: Stage) -> list[dict]:
+    memory_values = {id(p) for p in (model.memory.value_parameters() if model.memory is not None else [])}
+    decay, no_decay, values = [], [], []
+    for name, p in model.named_parameters():
+        frozen = any(name.startswith(prefix) for prefix in stage.frozen)
+        p.requires_grad_(not frozen)
+        if frozen:
+            continue
+        if id(p) in memory_values:
+            values.append(p)
+        elif p.dim() < 2 or getattr(p, "_no_weight_decay", False):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": stage.weight_decay, "lr_mult": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+              {"params": values, "weight_decay": 0.0, "lr_mult": stage.memory_lr_mult}]
+    return [g for g in groups if g["params"]]
+
+
+def lr_at(step: int, stage: Stage) -> float:
+    if step < stage.warmup:
+        return stage.lr * (step + 1) / stage.warmup
+    progress = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
+    cos = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return stage.lr * (stage.min_lr_frac + (1 - stage.min_lr_frac) * cos)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, model: RMT, tokenizer: Tokenizer, pools: dict[str, list[Example]], seed: int = 0,
+                 on_metrics: Callable[[dict], None] | None = None, progress: bool = True, log_every: int = 25,
+                 max_bad_steps: int = 5):
+        self.model, self.tok, self.pools, self.seed = model, tokenizer, pools, seed
+        self.on_metrics = on_metrics or (lambda m: None)
+        self.progress, self.log_every, self.max_bad_steps = progress, log_every, max_bad_steps
+        self.global_step = 0
+        self.history: list[dict] = []
+
+    def run_stage(self, stage: Stage, stage_index: int = 0) -> None:
+        model = self.model
+        model.train()
+        pools = {name: filter_examples(self.pools[name], stage.filters[name]) if name in stage.filters
+                 else self.pools[name] for name in stage.tasks if name in self.pools}
+        mix = TaskMix(pools, stage.tasks, self.tok, seed=self.seed * 1000 + stage_index)
+        k_rng = random.Random(self.seed * 1000 + stage_index + 500)
+        opt = torch.optim.AdamW(param_groups(model, stage), lr=stage.lr, betas=(0.9, 0.95))
+        bar = tqdm(range(stage.steps), desc=f"stage {stage.name}", disable=not self.progress, dynamic_ncols=True,
+                   unit="step")
+        acc: dict[str, list[float]] = defaultdict(list)
+        tokens, t0, bad = 0, time.perf_counter(), 0
+        for step in bar:
+            lr = lr_at(step, stage)
+            for g in opt.param_groups:
+                g["lr"] = lr * g["lr_mult"]
+            x, y, names = mix.batch(stage.batch_size)
+            K = k_rng.randint(stage.think_iters_min, stage.think_iters_max)
+            out = model(x, think_iters=K, bptt=stage.bptt)
+            loss, lm = loss_fn(out, y, stage.router_cost)
+            if not torch.isfinite(loss):
+                bad += 1
+                acc["skipped_nonfinite"].append(1.0)
+                if bad >= self.max_bad_steps:
+                    raise NonFiniteLoss(f"stage {stage.name!r} step {step}: loss was not finite for {bad} steps "
+                                        "in a row; stopping (the last good checkpoint is intact)")
+                continue
+            bad = 0
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+            opt.step()
+            tokens += int((x != self.tok.pad_id).sum())
+            acc["loss"].append(float(lm))
+            acc["grad_norm"].append(float(gnorm))
+            acc["think_iters"].append(float(out.think_iters.mean()))
+            probs = out.routing.probs.float().mean(dim=(0, 1))
+            for i, b in enumerate(("memory", "think", "both")):
+                acc[f"router_{b}"].append(float(probs[i]))
+            with torch.no_grad():  # per-task loss: which part of the mix is still hard
+                per_tok = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten(),
+                                                            ignore_index=-100, reduction="none").view_as(y)
+                for n in set(names):
+                    rows = torch.tensor([nm == n for nm in names])
+                    mask = y[rows] != -100
+                    if mask.any():
+                        acc[f"loss/{n}"].append(float(per_tok[rows][mask].mean()))
+            self.global_step += 1
+            if (step + 1) % self.log_every == 0 or step + 1 == stage.steps:
+                elapsed = time.perf_counter() - t0
+                m = {"step": self.global_step, "stage": stage.name, "lr": lr,
+                     "tokens_per_s": tokens / max(elapsed, 1e-9), "elapsed_s": elapsed}
+                m.update({k: sum(v) / len(v) for k, v in acc.items() if k != "skipped_nonfinite"})
+                m["skipped_nonfinite"] = len(acc.get("skipped_nonfinite", []))
+                acc.clear()
+                self.history.append(m)
+                self.on_metrics(m)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", think=f"{m['think_iters']:.2f}",
+                                tok_s=f"{m['tokens_per_s']:.0f}")
+        bar.close()
+        for p in model.parameters():
+            p.requires_grad_(True)
