@@ -10,8 +10,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmt", description="Recurrent Memory Transformer")
     sub = parser.add_subparsers(dest="command", required=True)
     # Imported lazily so `rmt --help` stays fast and one broken sub-command cannot hide the others.
+    from rmt import demo
     from rmt.tasks import commands as task_commands
 
+    demo.register(sub)
     task_commands.register(sub)
     return parser
 

@@ -60,9 +60,14 @@ class TaskMix:
         self.rng = random.Random(seed)
 
     def batch(self, size: int) -> tuple[Tensor, Tensor, list[str]]:
-        """-> inputs, targets, and the task name of every row (for per-task losses)."""
-        names = self.rng.choices(self.names, weights=self.weights, k=size)
-        examples = [self.rng.choice(self.pools[n]) for n in names]
+        """-> inputs, targets, and the task name of every row (for per-task losses).
+
+        One task per batch, drawn by weight: tasks differ a lot in length (a fact is ~40 bytes, a 4-step
+        problem ~140), and a mixed batch would pad every short row to the longest.
+        """
+        name = self.rng.choices(self.names, weights=self.weights, k=1)[0]
+        names = [name] * size
+        examples = [self.rng.choice(self.pools[name]) for _ in range(size)]
         x, y = collate([encode_example(ex, self.tok, self.cot) for ex in examples], self.tok.pad_id)
         return x, y, names
 

@@ -99,9 +99,10 @@ class Trainer:
             gnorm = nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
             opt.step()
             tokens += int((x != self.tok.pad_id).sum())
-            acc["loss"].append(float(lm))
+            acc["loss"].append(lm.item())
             acc["grad_norm"].append(float(gnorm))
-            acc["think_iters"].append(float(out.think_iters.mean()))
+            # Expected iterations the router pays for (soft gates in training): K * mean w_think.
+            acc["think_iters"].append(float(out.compute_cost))
             probs = out.routing.probs.float().mean(dim=(0, 1))
             for i, b in enumerate(("memory", "think", "both")):
                 acc[f"router_{b}"].append(float(probs[i]))

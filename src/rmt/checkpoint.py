@@ -1,0 +1,80 @@
+"""Checkpoints: weights in safetensors, config and tokenizer beside them; nothing is ever unpickled.
+
+    DIR/model.safetensors   tensors only
+    DIR/config.json         RMTConfig
+    DIR/tokenizer_config.json (+ tokenizer.json for BPE)
+
+Files are written to a temporary name and renamed, so a killed run never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rmt.config import ConfigError, RMTConfig
+from rmt.model import RMT
+from rmt.tokenizer import Tokenizer, load_tokenizer
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then rename tmp_path to path (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: RMT, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+    d = Path(directory)
+    # Tied weights (the LM head is the embedding) are stored once; safetensors refuses shared storage.
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write(d / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    atomic_write(d / "config.json", lambda p: p.write_text(model.config.to_json() + "\n"))
+    if tokenizer is not None:
+        tokenizer.save(d)
+    return d
+
+
+def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[RMT, Tokenizer | None]:
+    d = Path(directory)
+    for name in ("model.safetensors", "config.json"):
+        if not (d / name).is_file():
+            raise CheckpointError(f"{d}: not a checkpoint: {name} is missing")
+    try:
+        config = RMTConfig.from_json(d / "config.json")
+    except ConfigError as e:
+        raise CheckpointError(f"{d / 'config.json'}: {e}") from None
+    try:
+        tensors = load_file(str(d / "model.safetensors"), device=map_location)
+    except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as e:
+        raise CheckpointError(f"{d / 'model.safetensors'}: corrupt or truncated ({e})") from None
+    model = RMT(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(s for s in [
+            f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+            ", ".join(f"{k}: expected {tuple(expected[k].shape)}, got {tuple(tensors[k].shape)}" for k in wrong[:5]),
+        ] if s)
+        raise CheckpointError(f"{d}: weights do not match config.json ({detail})")
+    model.load_state_dict(tensors)
+    tok = load_tokenizer(d) if (d / "tokenizer_config.json").is_file() else None
+    return model, tok
