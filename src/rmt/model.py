@@ -91,7 +91,8 @@ class RMT(nn.Module):
         if bank is not None:
             if self.explicit is None:
                 raise ValueError("an explicit memory bank was given but the config has explicit_memory = false")
-            m = m + self.explicit(q, bank)
+            # The bank reads (B, T, D) queries; a decoding step has no T axis.
+            m = m + (self.explicit(q.unsqueeze(1), bank).squeeze(1) if q.dim() == 2 else self.explicit(q, bank))
         return m
 
     def _head(self, x: Tensor) -> Tensor:

@@ -1,0 +1,191 @@
+import json
+
+import pytest
+import torch
+
+from rmt.checkpoint import CheckpointError, load_model, save_model
+from rmt.config import ConfigError, RMTConfig
+from rmt.model import RMT, loss_fn
+from rmt.thinking import LatentChange
+from rmt.tokenizer import ByteTokenizer
+
+
+def tiny_config(**kw) -> RMTConfig:
+    base = dict(d_model=32, ssm_head_dim=16, ssm_chunk=8, mem_n_keys=8, mem_heads=2, mem_topk=4, mem_d_key=16,
+                explicit_d_key=16, think_iters=3, n_prelude=1, n_coda=1)
+    base.update(kw)
+    return RMTConfig(**base)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    m = RMT(tiny_config())
+    # Give the router a real, token-dependent choice so hard routing skips some tokens and not others.
+    with torch.no_grad():
+        m.router.proj.weight.normal_(0, 2.0)
+    return m.eval()
+
+
+def _tokens(b=2, t=19, seed=0):
+    return torch.randint(0, 256, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"think_iters": 0}, {"memory": False}, {"router": "think"}, {"router": "memory"}, {"router": "both"},
+    {"exit_rule": LatentChange(eps=0.5)},
+])
+def test_token_by_token_decoding_matches_the_full_forward(model, kwargs):
+    idx = _tokens()
+    full = model(idx, **kwargs).logits
+    step_kwargs = {k: v for k, v in kwargs.items() if k != "think_iters"}
+    logits, _, cache = model.prefill(idx[:, :4], **kwargs)
+    torch.testing.assert_close(logits, full[:, 3], atol=1e-4, rtol=1e-4)
+    for t in range(4, idx.shape[1]):
+        logits, _, cache = model.step(idx[:, t], cache, **step_kwargs)
+        torch.testing.assert_close(logits, full[:, t], atol=1e-4, rtol=1e-4)
+
+
+def test_hard_routing_really_skips_tokens(model):
+    out = model(_tokens(b=4, t=32))
+    skipped = ~out.routing.think_mask
+    assert skipped.any() and (~skipped).any(), "the fixture's router should skip some tokens and not others"
+    assert (out.think_iters[skipped] == 0).all()
+    assert (out.think_iters[~skipped] == model.config.think_iters).all()
+
+
+def test_exit_rule_stops_tokens_early(model):
+    idx = _tokens(b=4, t=32)
+    fixed = model(idx, router="think", think_iters=6).think_iters
+    early = model(idx, router="think", think_iters=6, exit_rule=LatentChange(eps=0.5)).think_iters
+    assert (fixed == 6).all()
+    assert early.float().mean() < 6 and (early >= 1).all()
+
+
+def test_gradients_reach_memory_core_and_router():
+    torch.manual_seed(0)
+    m = RMT(tiny_config()).train()
+    idx = _tokens(b=3, t=20)
+    out = m(idx, think_iters=2, bptt=2)
+    loss, _ = loss_fn(out, idx, compute_weight=0.01)
+    loss.backward()
+    named = dict(m.named_parameters())
+    for name in ["memory.keys", "memory.values.weight", "memory.query_proj.weight", "router.proj.weight",
+                 "core.adapter.weight", "core.update_gate.weight", "core.layers.0.mixer.in_proj.weight"]:
+        g = named[name].grad
+        assert g is not None and g.abs().sum() > 0, name
+
+
+def test_truncated_backprop_only_reaches_the_last_iterations():
+    torch.manual_seed(0)
+    m = RMT(tiny_config()).train()
+    idx = _tokens(b=2, t=12)
+    out = m(idx, think_iters=4, bptt=1)
+    out.logits.sum().backward()
+    assert m.core.adapter.weight.grad.abs().sum() > 0  # the last iteration still trains the shared weights
+
+
+def test_recurrence_off_never_calls_the_core(model, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("thinking core was called")
+    monkeypatch.setattr(model.core, "forward", boom)
+    monkeypatch.setattr(model.core, "step", boom)
+    idx = _tokens()
+    model(idx, think_iters=0)
+    model.generate(idx, 5, think_iters=0)
+    model(idx, router="memory")  # forced to memory: no token thinks
+
+
+def test_memory_off_never_reads_memory(model, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("memory was read")
+    monkeypatch.setattr(model.memory, "forward", boom)
+    monkeypatch.setattr(model.explicit, "forward", boom)
+    idx = _tokens()
+    bank = model.new_memory_bank()
+    model(idx, memory=False, explicit_bank=bank)
+    model.generate(idx, 5, memory=False, explicit_bank=bank)
+
+
+def test_memory_on_changes_the_output(model):
+    idx = _tokens()
+    assert not torch.allclose(model(idx).logits, model(idx, memory=False).logits)
+
+
+def test_explicit_memory_bank_is_read(model):
+    idx = _tokens()
+    bank = model.new_memory_bank()
+    entries = model.encode_text(_tokens(b=5, t=7, seed=3)).unsqueeze(0).expand(2, -1, -1)
+    model.write_memory(bank, entries)
+    with_bank = model(idx, explicit_bank=bank).logits
+    assert not torch.allclose(with_bank, model(idx).logits)
+    # decoding with the bank in the cache gives the same logits
+    logits, _, cache = model.prefill(idx[:, :5], explicit_bank=bank)
+    for t in range(5, 9):
+        logits, _, cache = model.step(idx[:, t], cache)
+        torch.testing.assert_close(logits, with_bank[:, t], atol=1e-4, rtol=1e-4)
+
+
+def test_generation_cache_size_does_not_grow_with_context(model):
+    idx = _tokens(b=1, t=3)
+    _, _, cache = model.prefill(idx)
+    sizes = {}
+    tok = torch.tensor([65])
+    for t in range(1, 1001):
+        _, _, cache = model.step(tok, cache)
+        if t in (10, 1000):
+            sizes[t] = (cache.nbytes(), [tuple(x.shape) for x in cache.tensors()])
+    assert cache.length == 1003
+    assert sizes[10] == sizes[1000]
+
+
+def test_generate_stops_at_eos(model):
+    res = model.generate(_tokens(b=2, t=5), 12, eos_id=int(model(_tokens(b=2, t=5)).logits[0, -1].argmax()))
+    assert res.tokens.shape[1] >= 1
+
+
+def test_save_load_gives_identical_logits(model, tmp_path):
+    save_model(model, tmp_path / "ckpt", ByteTokenizer())
+    loaded, tok = load_model(tmp_path / "ckpt")
+    loaded.eval()
+    idx = _tokens()
+    assert torch.equal(model(idx).logits, loaded(idx).logits)
+    assert isinstance(tok, ByteTokenizer)
+
+
+def test_truncated_checkpoint_is_reported(model, tmp_path):
+    d = save_model(model, tmp_path / "ckpt")
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_model(d)
+
+
+def test_checkpoint_from_another_config_is_reported(model, tmp_path):
+    d = save_model(model, tmp_path / "ckpt")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["d_model"] = 64
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_model(d)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("d_model", 0), ("d_model", "wide"), ("think_init", "ones"), ("router_threshold", 1.5),
+    ("mem_topk", 1000), ("think_iters_min", 9), ("ssm_head_dim", 48), ("memory", 1),
+])
+def test_invalid_config_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        tiny_config(**{field: value})
+
+
+def test_unknown_config_key_is_named():
+    with pytest.raises(ConfigError, match="d_modle"):
+        RMTConfig.from_dict({"d_modle": 64})
+
+
+def test_config_round_trips_through_json_and_toml(tmp_path):
+    cfg = tiny_config(think_init="random", router_threshold=0.3)
+    assert RMTConfig.from_toml(cfg.to_toml()) == cfg
+    cfg.to_json(tmp_path / "c.json")
+    assert RMTConfig.from_json(tmp_path / "c.json") == cfg
