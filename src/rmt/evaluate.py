@@ -46,7 +46,7 @@ def evaluate_qa(model: RMT, examples: list[Example], tok: Tokenizer, *, batch_si
     n_tokens = [0] * len(examples)
     iters_sum, iters_n = 0.0, 0
     for rows in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
-        idx = torch.tensor([encoded[i] for i in rows], dtype=torch.long)
+        idx = torch.tensor([encoded[i] for i in rows], dtype=torch.long, device=next(model.parameters()).device)
         res = model.generate(idx, max_new_tokens, eos_id=tok.eos_id, **forward_kwargs)
         prompt_iters = res.prompt_think_iters
         iters_sum += float(prompt_iters.sum()) + sum(res.think_iters) * len(rows)

@@ -63,6 +63,7 @@ class Trainer:
         self.model, self.tok, self.pools, self.seed = model, tokenizer, pools, seed
         self.on_metrics = on_metrics or (lambda m: None)
         self.progress, self.log_every, self.max_bad_steps = progress, log_every, max_bad_steps
+        self.device = next(model.parameters()).device
         self.global_step = 0
         self.history: list[dict] = []
 
@@ -83,6 +84,7 @@ class Trainer:
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_mult"]
             x, y, names = mix.batch(stage.batch_size)
+            x, y = x.to(self.device), y.to(self.device)
             K = k_rng.randint(stage.think_iters_min, stage.think_iters_max)
             out = model(x, think_iters=K, bptt=stage.bptt)
             loss, lm = loss_fn(out, y, stage.router_cost)
@@ -102,7 +104,7 @@ class Trainer:
             acc["loss"].append(lm.item())
             acc["grad_norm"].append(float(gnorm))
             # Expected iterations the router pays for (soft gates in training): K * mean w_think.
-            acc["think_iters"].append(float(out.compute_cost))
+            acc["think_iters"].append(out.compute_cost.item())
             probs = out.routing.probs.float().mean(dim=(0, 1))
             for i, b in enumerate(("memory", "think", "both")):
                 acc[f"router_{b}"].append(float(probs[i]))
@@ -110,7 +112,7 @@ class Trainer:
                 per_tok = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten(),
                                                             ignore_index=-100, reduction="none").view_as(y)
                 for n in set(names):
-                    rows = torch.tensor([nm == n for nm in names])
+                    rows = torch.tensor([nm == n for nm in names], device=y.device)
                     mask = y[rows] != -100
                     if mask.any():
                         acc[f"loss/{n}"].append(float(per_tok[rows][mask].mean()))
