@@ -6,7 +6,7 @@ import torch
 from rmt.checkpoint import CheckpointError, load_model, save_model
 from rmt.config import ConfigError, RMTConfig
 from rmt.model import RMT, loss_fn
-from rmt.thinking import LatentChange
+from rmt.thinking import LatentChange, PredictionKL
 from rmt.tokenizer import ByteTokenizer
 
 
@@ -33,7 +33,7 @@ def _tokens(b=2, t=19, seed=0):
 
 @pytest.mark.parametrize("kwargs", [
     {}, {"think_iters": 0}, {"memory": False}, {"router": "think"}, {"router": "memory"}, {"router": "both"},
-    {"exit_rule": LatentChange(eps=0.5)},
+    {"exit_rule": LatentChange(eps=0.5)}, {"exit_rule": PredictionKL(eps=0.05)},
 ])
 def test_token_by_token_decoding_matches_the_full_forward(model, kwargs):
     idx = _tokens()
@@ -60,6 +60,8 @@ def test_exit_rule_stops_tokens_early(model):
     early = model(idx, router="think", think_iters=6, exit_rule=LatentChange(eps=0.5)).think_iters
     assert (fixed == 6).all()
     assert early.float().mean() < 6 and (early >= 1).all()
+    kl = model(idx, router="think", think_iters=6, exit_rule=PredictionKL(eps=0.05)).think_iters
+    assert kl.float().mean() < 6 and (kl >= 1).all()
 
 
 def test_gradients_reach_memory_core_and_router():

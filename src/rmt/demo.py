@@ -58,9 +58,9 @@ def demo_plan(quick: bool = False, steps_mult: float = 1.0) -> DemoPlan:
         # would teach it to skip a core that has not learned anything, and it would never come back.
         Stage("facts", n(300), facts_only, lr=3e-3, warmup=30, think_iters_min=1, think_iters_max=1, bptt=1,
               frozen=["router"], router_cost=0.0),
-        Stage("math-easy", n(150), mixed, lr=3e-3, warmup=30, think_iters_min=1, think_iters_max=2,
+        Stage("math-easy", n(120), mixed, lr=3e-3, warmup=30, think_iters_min=1, think_iters_max=2,
               filters={"arithmetic": {"max_steps": 2}}, router_cost=0.0),
-        Stage("math", n(300), mixed, lr=2e-3, warmup=20, think_iters_min=1, think_iters_max=4, router_cost=0.002),
+        Stage("math", n(200), mixed, lr=2e-3, warmup=20, think_iters_min=1, think_iters_max=4, router_cost=0.002),
     ]
     return DemoPlan(model, stages, n_knowledge_eval=400 if quick else None, n_math_eval=200 if quick else 1000)
 

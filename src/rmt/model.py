@@ -32,6 +32,7 @@ class Output:
     routing: Routing
     think_iters: Tensor  # (B, T) thinking iterations each token actually ran
     compute_cost: Tensor  # scalar: mean over tokens of w_think * K (what the router pays for thinking)
+    memory_logits: Tensor | None = None  # (B, T, V) the memory read's own prediction, when asked for
 
 
 @dataclass
@@ -107,13 +108,15 @@ class RMT(nn.Module):
     # ------------------------------------------------------------------------------------- forward
     def forward(self, idx: Tensor, *, think_iters: int | None = None, memory: bool = True, router: str = "learned",
                 explicit_bank: ExplicitMemoryBank | None = None, exit_rule: ExitRule | None = None,
-                hard_routing: bool | None = None, bptt: int | None = None) -> Output:
+                hard_routing: bool | None = None, bptt: int | None = None, memory_logits: bool = False) -> Output:
         """idx (B, T) token ids -> Output with logits (B, T, V).
 
         think_iters: K (default config.think_iters; 0 = recurrence off, the core is never called).
         memory: False = no memory read at all. router: "learned" or a forced branch.
         hard_routing: skip the core for tokens below the router threshold (default: when not training).
         bptt: back-propagate through only the last this-many iterations (training).
+        memory_logits: also return the memory read's own next-token prediction (head(norm(m))), which
+        training can score so that the read carries the answer by itself (R1: the preliminary answer signal).
         """
         K = self._iters(think_iters)
         hard = (not self.training) if hard_routing is None else hard_routing
@@ -121,18 +124,21 @@ class RMT(nn.Module):
         for layer in self.prelude:
             h = layer(h)
         routing = self.router(h, mode=router, hard=hard)
-        e = h
+        e, mem_logits = h, None
         if memory:
-            e = h + routing.w_memory.unsqueeze(-1) * self._memory_read(h, explicit_bank)
+            m = self._memory_read(h, explicit_bank)
+            e = h + routing.w_memory.unsqueeze(-1) * m
+            mem_logits = self._head(m) if memory_logits else None
         if K > 0 and bool(routing.think_mask.any()):
-            s, used = self.core(e, routing.w_think, K, bptt=bptt, exit_rule=exit_rule, init=self.config.think_init)
+            s, used = self.core(e, routing.w_think, K, bptt=bptt, exit_rule=exit_rule, init=self.config.think_init,
+                                readout=lambda st: self._head(e + st))
             x = e + s
         else:
             x, used = e, torch.zeros(idx.shape, device=idx.device)
         for layer in self.coda:
             x = layer(x)
         cost = (routing.w_think.float() * K).mean()
-        return Output(self._head(x), routing, used, cost)
+        return Output(self._head(x), routing, used, cost, mem_logits)
 
     # ------------------------------------------------------------------------------------- generation
     def new_cache(self, batch: int, think_iters: int | None = None, device=None,
@@ -162,7 +168,8 @@ class RMT(nn.Module):
             e = h + routing.w_memory.unsqueeze(-1) * self._memory_read(h, cache.explicit_bank)
         core_states = cache.core
         if cache.core and bool(routing.think_mask.any()):
-            s, used, core_states = self.core.step(e, routing.w_think, cache.core, exit_rule=exit_rule)
+            s, used, core_states = self.core.step(e, routing.w_think, cache.core, exit_rule=exit_rule,
+                                                  readout=lambda st: self._head(e + st))
             x = e + s
         else:
             x, used = e, torch.zeros(token.shape, device=token.device)
@@ -190,7 +197,8 @@ class RMT(nn.Module):
         used = torch.zeros(idx.shape, device=idx.device)
         x = e
         if K > 0:
-            s, used, cache.core = self.core(e, routing.w_think, K, exit_rule=exit_rule, keep_states=True)
+            s, used, cache.core = self.core(e, routing.w_think, K, exit_rule=exit_rule, keep_states=True,
+                                            readout=lambda st: self._head(e + st))
             x = e + s
         for i, layer in enumerate(self.coda):
             x, cache.coda[i] = layer(x, return_state=True)
@@ -241,7 +249,13 @@ class RMT(nn.Module):
         return h[torch.arange(idx.shape[0]), last.to(idx.device)]
 
 
-def loss_fn(out: Output, targets: Tensor, compute_weight: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Cross-entropy over targets (B, T) (-100 = ignore) plus the router's compute cost -> (total, lm loss)."""
+def loss_fn(out: Output, targets: Tensor, compute_weight: float = 0.0, memory_weight: float = 0.0
+            ) -> tuple[Tensor, Tensor]:
+    """Cross-entropy over targets (B, T) (-100 = ignore), plus the router's compute cost, plus (when the
+    output carries memory logits) the memory read's own cross-entropy -> (total, lm loss)."""
     lm = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-    return lm + compute_weight * out.compute_cost, lm
+    total = lm + compute_weight * out.compute_cost
+    if memory_weight and out.memory_logits is not None:
+        total = total + memory_weight * F.cross_entropy(out.memory_logits.flatten(0, 1).float(), targets.flatten(),
+                                                        ignore_index=-100)
+    return total, lm

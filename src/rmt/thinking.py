@@ -17,6 +17,7 @@ with K and the core learns an update that can be iterated further at test time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -27,8 +28,12 @@ from rmt.ssm import Block, MixerState, RMSNorm
 class ExitRule:
     """Decides, after iteration k, which tokens stop thinking. Subclass and override ``halted``."""
 
-    def halted(self, k: int, s_prev: Tensor, s_new: Tensor) -> Tensor:
-        """k: iterations done (>= 1); s_prev, s_new (..., D) -> bool (...), True = stop this token."""
+    def halted(self, k: int, s_prev: Tensor, s_new: Tensor, readout: Callable[[Tensor], Tensor] | None = None
+               ) -> Tensor:
+        """k: iterations done (>= 1); s_prev, s_new (..., D) -> bool (...), True = stop this token.
+
+        readout maps a state to next-token logits (..., V), for rules that compare predictions.
+        """
         return torch.zeros(s_new.shape[:-1], dtype=torch.bool, device=s_new.device)
 
 
@@ -43,11 +48,32 @@ class LatentChange(ExitRule):
     eps: float = 0.05
     min_iters: int = 1
 
-    def halted(self, k: int, s_prev: Tensor, s_new: Tensor) -> Tensor:
+    def halted(self, k, s_prev, s_new, readout=None):
         if k < self.min_iters:
             return super().halted(k, s_prev, s_new)
         change = (s_new - s_prev).norm(dim=-1) / (s_new.norm(dim=-1) + 1e-6)
         return change < self.eps
+
+
+@dataclass
+class PredictionKL(ExitRule):
+    """Stop a token once KL(p_k || p_{k-1}) between successive predictions falls below ``eps`` (nats).
+
+    The prediction of a state is read out through the model's final norm and LM head from the core's
+    input plus that state, without the coda layers: a cheap proxy that needs no extra sequence mixing.
+    """
+
+    eps: float = 1e-3
+    min_iters: int = 1
+
+    def halted(self, k, s_prev, s_new, readout=None):
+        if readout is None:
+            raise ValueError("PredictionKL needs a readout (the model passes one)")
+        if k < self.min_iters:
+            return super().halted(k, s_prev, s_new)
+        logp_new = torch.log_softmax(readout(s_new).float(), dim=-1)
+        logp_old = torch.log_softmax(readout(s_prev).float(), dim=-1)
+        return (logp_new.exp() * (logp_new - logp_old)).sum(-1) < self.eps
 
 
 class ThinkingCore(nn.Module):
@@ -79,7 +105,8 @@ class ThinkingCore(nn.Module):
         return s + (z * g.unsqueeze(-1).to(z.dtype)) * (u - s), new_states
 
     def forward(self, e: Tensor, gate: Tensor, iters: int, bptt: int | None = None,
-                exit_rule: ExitRule | None = None, init: str = "zero", keep_states: bool = False):
+                exit_rule: ExitRule | None = None, init: str = "zero", keep_states: bool = False,
+                readout: Callable[[Tensor], Tensor] | None = None):
         """e (B, T, D), gate (B, T) in [0, 1] -> final state (B, T, D), iterations run per token (B, T)
         [, decoding states [iteration][layer] when keep_states]."""
         s = torch.randn_like(e) * e.detach().std() if (init == "random" and self.training) else torch.zeros_like(e)
@@ -93,7 +120,7 @@ class ThinkingCore(nn.Module):
             all_states.append(states)
             used = used + (g > 0).float()
             if exit_rule is not None:
-                g = torch.where(exit_rule.halted(k + 1, s, s_new), torch.zeros_like(g), g)
+                g = torch.where(exit_rule.halted(k + 1, s, s_new, readout), torch.zeros_like(g), g)
             s = s_new
         return (s, used, all_states) if keep_states else (s, used)
 
@@ -101,8 +128,8 @@ class ThinkingCore(nn.Module):
         """The core's decoding state: one MixerState per (iteration, layer); size independent of context."""
         return [[layer.mixer.empty_state(batch, device=device) for layer in self.layers] for _ in range(iters)]
 
-    def step(self, e: Tensor, gate: Tensor, states: list[list[MixerState]],
-             exit_rule: ExitRule | None = None) -> tuple[Tensor, Tensor, list[list[MixerState]]]:
+    def step(self, e: Tensor, gate: Tensor, states: list[list[MixerState]], exit_rule: ExitRule | None = None,
+             readout: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, list[list[MixerState]]]:
         """One token: e (B, D), gate (B,) -> state (B, D), iterations run (B,), new states."""
         s = torch.zeros_like(e)
         g = gate
@@ -113,6 +140,6 @@ class ThinkingCore(nn.Module):
             new_states.append(st)
             used = used + (g > 0).float()
             if exit_rule is not None:
-                g = torch.where(exit_rule.halted(k + 1, s, s_new), torch.zeros_like(g), g)
+                g = torch.where(exit_rule.halted(k + 1, s, s_new, readout), torch.zeros_like(g), g)
             s = s_new
         return s, used, new_states

@@ -28,6 +28,7 @@ class Stage:
     think_iters_max: int = 4
     bptt: int = 2
     router_cost: float = 0.01  # weight of the compute cost (expected thinking iterations per token)
+    memory_aux: float = 0.0  # weight of the memory read's own next-token loss (0 = off)
     # Per-task example filters, e.g. {"arithmetic": {"max_steps": 2}} (a curriculum over difficulty).
     filters: dict[str, dict[str, int]] = field(default_factory=dict)
 

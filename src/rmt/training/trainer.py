@@ -86,8 +86,8 @@ class Trainer:
             x, y, names = mix.batch(stage.batch_size)
             x, y = x.to(self.device), y.to(self.device)
             K = k_rng.randint(stage.think_iters_min, stage.think_iters_max)
-            out = model(x, think_iters=K, bptt=stage.bptt)
-            loss, lm = loss_fn(out, y, stage.router_cost)
+            out = model(x, think_iters=K, bptt=stage.bptt, memory_logits=stage.memory_aux > 0)
+            loss, lm = loss_fn(out, y, stage.router_cost, stage.memory_aux)
             if not torch.isfinite(loss):
                 bad += 1
                 acc["skipped_nonfinite"].append(1.0)

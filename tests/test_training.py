@@ -1,0 +1,124 @@
+import json
+
+import pytest
+import torch
+
+from rmt.config import ConfigError, RMTConfig
+from rmt.demo import DemoPlan, format_table, run_demo
+from rmt.model import RMT
+from rmt.tasks import Example
+from rmt.tokenizer import ByteTokenizer
+from rmt.training import Stage, Trainer
+from rmt.training.batches import collate, encode_example
+from rmt.training.trainer import NonFiniteLoss, lr_at, param_groups
+
+TINY = dict(d_model=32, ssm_head_dim=16, ssm_chunk=16, mem_n_keys=8, mem_heads=2, mem_topk=4, mem_d_key=16,
+            explicit_d_key=16, think_iters=2, n_prelude=1, n_coda=1)
+
+
+def _pools():
+    qa = [Example(f"Q: {a} plus 1? A:", f" {a + 1}", "qa", {"steps": 1}) for a in range(10)]
+    text = [Example("", f"The number {a} comes before {a + 1}.", "text", {}) for a in range(10)]
+    return {"qa": qa, "text": text}
+
+
+def test_qa_rows_score_only_the_answer():
+    tok = ByteTokenizer()
+    ex = Example("Q: 2? A:", " 3", "qa", {})
+    x, y = collate([encode_example(ex, tok)], tok.pad_id)
+    scored = [int(t) for t in y[0] if t != -100]
+    assert tok.decode(scored) == " 3\n"
+    text = Example("", "abc", "text", {})
+    x, y = collate([encode_example(text, tok), encode_example(ex, tok)], tok.pad_id)
+    assert tok.decode([int(t) for t in y[0] if t != -100]) == "bc\n"  # every next token of the text
+    assert (x[0, 3:] == tok.pad_id).all()
+
+
+def test_training_reduces_the_loss_and_is_deterministic():
+    def run():
+        torch.manual_seed(0)
+        model = RMT(RMTConfig(**TINY))
+        tr = Trainer(model, ByteTokenizer(), _pools(), seed=3, progress=False, log_every=10)
+        tr.run_stage(Stage("s", 60, {"qa": 1.0, "text": 1.0}, batch_size=8, lr=1e-2, warmup=5,
+                           think_iters_min=1, think_iters_max=2))
+        return model, tr.history
+    m1, h1 = run()
+    m2, h2 = run()
+    assert h1[-1]["loss"] < 0.6 * h1[0]["loss"]
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_frozen_parts_do_not_move_and_memory_values_get_their_own_group():
+    torch.manual_seed(0)
+    model = RMT(RMTConfig(**TINY))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stage = Stage("s", 5, {"qa": 1.0}, batch_size=4, frozen=["prelude", "router"], memory_lr_mult=7.0)
+    groups = param_groups(model, stage)
+    assert [g["lr_mult"] for g in groups if model.memory.values.weight in g["params"]] == [7.0]
+    Trainer(model, ByteTokenizer(), _pools(), progress=False).run_stage(stage)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("prelude", "router")))
+    assert not torch.equal(before["memory.values.weight"], after["memory.values.weight"])
+
+
+def test_nan_loss_steps_are_skipped_then_the_run_stops(monkeypatch):
+    torch.manual_seed(0)
+    model = RMT(RMTConfig(**TINY))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    import rmt.training.trainer as trainer_mod
+
+    real = trainer_mod.loss_fn
+    monkeypatch.setattr(trainer_mod, "loss_fn", lambda out, y, *w: (real(out, y, *w)[0] * float("nan"),) * 2)
+    tr = Trainer(model, ByteTokenizer(), _pools(), progress=False, max_bad_steps=3)
+    with pytest.raises(NonFiniteLoss, match="not finite for 3 steps"):
+        tr.run_stage(Stage("s", 10, {"qa": 1.0}, batch_size=4))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no step was taken
+
+
+def test_schedule_warms_up_then_decays():
+    st = Stage("s", 100, {"qa": 1.0}, lr=1.0, warmup=10, min_lr_frac=0.1)
+    assert lr_at(0, st) == pytest.approx(0.1)
+    assert lr_at(9, st) == pytest.approx(1.0)
+    assert lr_at(99, st) == pytest.approx(0.1, abs=1e-3)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"steps": 0}, "steps"), ({"tasks": {}}, "tasks"), ({"lr": 0.0}, "lr"),
+    ({"think_iters_min": 3, "think_iters_max": 1}, "think_iters"), ({"filters": {"qa": {"max_stps": 2}}}, "max_stps"),
+])
+def test_bad_stage_names_the_problem(kwargs, field):
+    args = dict(name="s", steps=10, tasks={"qa": 1.0})
+    args.update(kwargs)
+    with pytest.raises(ConfigError, match=field):
+        Stage(**args)
+
+
+def test_unknown_stage_key_is_named():
+    with pytest.raises(ConfigError, match="stepz"):
+        Stage.from_dict({"name": "s", "stepz": 3, "tasks": {"qa": 1.0}})
+
+
+def test_demo_pipeline_end_to_end(tmp_path):
+    """A micro version of `rmt demo`: the real tasks, trainer, evaluation and report, a few steps each."""
+    stages = [Stage("facts", 4, {"facts-synthetic": 1.0}, batch_size=8, frozen=["router"]),
+              Stage("math", 4, {"arithmetic": 0.75, "facts-synthetic": 0.25}, batch_size=8)]
+    plan = DemoPlan(RMTConfig(**TINY), stages, n_knowledge_eval=20, n_math_eval=20,
+                    arithmetic={"n_train": 2000, "n_validation": 20, "n_test": 100},
+                    facts={"n_entities": 60})
+    report = run_demo(seed=1, out=tmp_path, plan=plan, progress=False)
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    for key in ("seed", "wall_seconds", "params"):
+        assert key in on_disk
+    assert set(on_disk["knowledge"]) >= {"em", "em_memory_off", "n"}
+    assert set(on_disk["math"]) >= {"acc", "acc_recurrence_off", "n"}
+    for v in (on_disk["knowledge"]["em"], on_disk["knowledge"]["em_memory_off"], on_disk["math"]["acc"],
+              on_disk["math"]["acc_recurrence_off"]):
+        assert 0.0 <= v <= 1.0
+    assert on_disk["knowledge"]["n"] == 20 and on_disk["math"]["n"] == 20
+    assert (tmp_path / "training.png").stat().st_size > 0
+    assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert lines and all("loss" in json.loads(l) for l in lines)
+    assert "knowledge EM" in format_table(report)
