@@ -191,3 +191,14 @@ def test_config_round_trips_through_json_and_toml(tmp_path):
     assert RMTConfig.from_toml(cfg.to_toml()) == cfg
     cfg.to_json(tmp_path / "c.json")
     assert RMTConfig.from_json(tmp_path / "c.json") == cfg
+
+
+def test_bpe_tokenizer_is_saved_beside_the_checkpoint_and_reloaded(model, tmp_path):
+    from rmt.tokenizer import BPETokenizer
+
+    bpe = BPETokenizer.train(["Vorla Minet lives in Paris.", "Q: Where does Vorla Minet live? A: Paris"] * 20,
+                             vocab_size=300)
+    save_model(model, tmp_path / "ckpt", bpe)
+    _, tok = load_model(tmp_path / "ckpt")
+    text = "Vorla lives in Paris — naïve 🙂"
+    assert isinstance(tok, BPETokenizer) and tok.decode(tok.encode(text)) == text

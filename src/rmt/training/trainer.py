@@ -105,9 +105,9 @@ class Trainer:
             acc["grad_norm"].append(float(gnorm))
             # Expected iterations the router pays for (soft gates in training): K * mean w_think.
             acc["think_iters"].append(out.compute_cost.item())
-            probs = out.routing.probs.float().mean(dim=(0, 1))
+            probs = out.routing.probs.detach().float().mean(dim=(0, 1)).tolist()
             for i, b in enumerate(("memory", "think", "both")):
-                acc[f"router_{b}"].append(float(probs[i]))
+                acc[f"router_{b}"].append(probs[i])
             with torch.no_grad():  # per-task loss: which part of the mix is still hard
                 per_tok = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten(),
                                                             ignore_index=-100, reduction="none").view_as(y)
