@@ -96,8 +96,8 @@ def run_demo(seed: int = 0, out: str | Path = "runs/demo", quick: bool = False, 
     train_seconds = time.perf_counter() - t0
     save_model(model, out / "checkpoint", tok)
 
-    k_test = facts.split("test")[: plan.n_knowledge_eval]
-    m_test = arith.split("test")[: plan.n_math_eval]
+    k_test = _subset(facts.split("test"), plan.n_knowledge_eval, seed)
+    m_test = _subset(arith.split("test"), plan.n_math_eval, seed)
     ev = dict(progress=progress, batch_size=128)
     know = evaluate_qa(model, k_test, tok, max_new_tokens=16, desc="knowledge", **ev)
     know_off = evaluate_qa(model, k_test, tok, max_new_tokens=16, memory=False, desc="knowledge, memory off", **ev)
@@ -126,6 +126,14 @@ def run_demo(seed: int = 0, out: str | Path = "runs/demo", quick: bool = False, 
     _write_predictions(out / "predictions.jsonl", [("knowledge", k_test, know), ("math", m_test, math)])
     _plot_training(trainer.history, out / "training.png")
     return report
+
+
+def _subset(examples: list, n: int | None, seed: int) -> list:
+    """A seeded random subset in the split's order (test splits are ordered, e.g. by number of steps)."""
+    if n is None or n >= len(examples):
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in keep]
 
 
 def _write_predictions(path: Path, runs: list[tuple[str, list, QAResult]]) -> None:
