@@ -34,6 +34,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates files readable by the owner only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -78,3 +79,60 @@ def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[RMT, T
     model.load_state_dict(tensors)
     tok = load_tokenizer(d) if (d / "tokenizer_config.json").is_file() else None
     return model, tok
+
+
+# ------------------------------------------------------------------------------------------------ training state
+TRAINING_STATE_TENSORS = "training_state.safetensors"
+TRAINING_STATE_JSON = "training_state.json"
+
+
+def save_training_state(state: dict, directory: str | Path) -> None:
+    """Optimizer, schedule position and random-number-generator states (see `Trainer.training_state`).
+
+    Tensors (Adam moments, the torch RNG) go to safetensors, everything else to JSON: no pickle anywhere.
+    """
+    d = Path(directory)
+    opt = state["optimizer"]
+    tensors = {"torch_rng": state["torch_rng"].clone()}
+    plain_state: dict[str, dict] = {}
+    for idx, per_param in opt["state"].items():
+        for name, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{idx}.{name}"] = value.detach().contiguous().clone()
+            else:
+                plain_state.setdefault(str(idx), {})[name] = value
+    meta = {"stage_index": state["stage_index"], "stage_step": state["stage_step"],
+            "global_step": state["global_step"], "param_groups": opt["param_groups"],
+            "optimizer_plain_state": plain_state, "mix": _jsonable(state["mix"]), "k_rng": _jsonable(state["k_rng"])}
+    atomic_write(d / TRAINING_STATE_TENSORS, lambda p: save_file(tensors, str(p)))
+    atomic_write(d / TRAINING_STATE_JSON, lambda p: p.write_text(json.dumps(meta) + "\n"))
+
+
+def load_training_state(directory: str | Path) -> dict:
+    d = Path(directory)
+    for name in (TRAINING_STATE_TENSORS, TRAINING_STATE_JSON):
+        if not (d / name).is_file():
+            raise CheckpointError(f"{d}: cannot resume: {name} is missing")
+    try:
+        tensors = load_file(str(d / TRAINING_STATE_TENSORS))
+        meta = json.loads((d / TRAINING_STATE_JSON).read_text())
+    except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as e:
+        raise CheckpointError(f"{d}: training state is corrupt or truncated ({e})") from None
+    opt_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, idx, name = key.split(".", 2)
+            opt_state.setdefault(int(idx), {})[name] = value
+    for idx, plain in meta["optimizer_plain_state"].items():
+        opt_state.setdefault(int(idx), {}).update(plain)
+    return {"stage_index": meta["stage_index"], "stage_step": meta["stage_step"], "global_step": meta["global_step"],
+            "optimizer": {"state": opt_state, "param_groups": meta["param_groups"]}, "mix": meta["mix"],
+            "k_rng": meta["k_rng"], "torch_rng": tensors["torch_rng"]}
+
+
+def _jsonable(x):
+    if isinstance(x, (tuple, list)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    return x

@@ -12,8 +12,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Imported lazily so `rmt --help` stays fast and one broken sub-command cannot hide the others.
     from rmt import demo
     from rmt.tasks import commands as task_commands
+    from rmt.training import commands as training_commands
 
     demo.register(sub)
+    training_commands.register(sub)
     task_commands.register(sub)
     return parser
 

@@ -22,6 +22,7 @@ from rmt.checkpoint import save_model
 from rmt.config import RMTConfig
 from rmt.evaluate import QAResult, evaluate_qa
 from rmt.model import RMT
+from rmt.plots import plot_training
 from rmt.tasks import get_task
 from rmt.tokenizer import ByteTokenizer
 from rmt.training import Stage, Trainer
@@ -124,7 +125,7 @@ def run_demo(seed: int = 0, out: str | Path = "runs/demo", quick: bool = False, 
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _write_predictions(out / "predictions.jsonl", [("knowledge", k_test, know), ("math", m_test, math)])
-    _plot_training(trainer.history, out / "training.png")
+    plot_training(trainer.history, out / "training.png")
     return report
 
 
@@ -141,29 +142,6 @@ def _write_predictions(path: Path, runs: list[tuple[str, list, QAResult]]) -> No
         for name, examples, res in runs:
             for ex, pred in zip(examples, res.predictions):
                 f.write(json.dumps({"task": name, "prompt": ex.prompt, "target": ex.target, "prediction": pred}) + "\n")
-
-
-def _plot_training(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in sorted({k for m in history for k in m if k.startswith("loss/")}):
-        pts = [(m["step"], m[key]) for m in history if key in m]
-        ax.plot(*zip(*pts), label=key.removeprefix("loss/"))
-    for m in history:
-        if m["step"] == min(h["step"] for h in history if h["stage"] == m["stage"]):
-            ax.axvline(m["step"], color="grey", lw=0.5)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (answer tokens / text)")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("rmt demo: training loss per task (grey lines: stage starts)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def format_table(r: dict) -> str:

@@ -34,6 +34,14 @@ class Stage:
 
     def __post_init__(self) -> None:
         where = f"stage {self.name!r}"
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = f.type.split("[")[0]
+            expected = {"int": int, "float": (int, float), "str": str, "dict": dict, "list": list}[kind]
+            if not isinstance(value, expected) or (kind in ("int", "float") and isinstance(value, bool)):
+                raise ConfigError(f"{where}: {f.name}: expected {f.type}, got {value!r}")
+            if kind == "float":
+                setattr(self, f.name, float(value))
         if self.steps < 1:
             raise ConfigError(f"{where}: steps: expected >= 1, got {self.steps}")
         if not self.tasks or any(w <= 0 for w in self.tasks.values()):
@@ -58,4 +66,7 @@ class Stage:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"stage {data.get('name', '?')!r}: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as e:  # a required key is missing
+            raise ConfigError(f"stage {data.get('name', '?')!r}: {e}") from None

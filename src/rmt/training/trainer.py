@@ -59,15 +59,35 @@ class NonFiniteLoss(RuntimeError):
 class Trainer:
     def __init__(self, model: RMT, tokenizer: Tokenizer, pools: dict[str, list[Example]], seed: int = 0,
                  on_metrics: Callable[[dict], None] | None = None, progress: bool = True, log_every: int = 25,
-                 max_bad_steps: int = 5):
+                 max_bad_steps: int = 5, checkpoint_every: int = 0,
+                 on_checkpoint: Callable[["Trainer", dict], None] | None = None, max_steps: int | None = None):
         self.model, self.tok, self.pools, self.seed = model, tokenizer, pools, seed
         self.on_metrics = on_metrics or (lambda m: None)
         self.progress, self.log_every, self.max_bad_steps = progress, log_every, max_bad_steps
+        self.checkpoint_every, self.on_checkpoint, self.max_steps = checkpoint_every, on_checkpoint, max_steps
         self.device = next(model.parameters()).device
         self.global_step = 0
         self.history: list[dict] = []
 
-    def run_stage(self, stage: Stage, stage_index: int = 0) -> None:
+    def run(self, stages: list[Stage], resume: dict | None = None) -> bool:
+        """Run the stages in order, from the start or from a saved `resume` state (see `training_state`).
+        Returns True when every stage finished, False when `max_steps` stopped the run first."""
+        first = resume["stage_index"] if resume else 0
+        if resume:
+            self.global_step = resume["global_step"]
+        for i in range(first, len(stages)):
+            if not self.run_stage(stages[i], i, resume if (resume and i == first) else None):
+                return False
+        return True
+
+    def training_state(self, stage_index: int, stage_step: int, opt: torch.optim.Optimizer, mix: TaskMix,
+                       k_rng: random.Random) -> dict:
+        """Everything needed to continue exactly: position, optimizer, and every random number generator."""
+        return {"stage_index": stage_index, "stage_step": stage_step, "global_step": self.global_step,
+                "optimizer": opt.state_dict(), "mix": mix.state_dict(), "k_rng": k_rng.getstate(),
+                "torch_rng": torch.get_rng_state()}
+
+    def run_stage(self, stage: Stage, stage_index: int = 0, resume: dict | None = None) -> bool:
         model = self.model
         model.train()
         pools = {name: filter_examples(self.pools[name], stage.filters[name]) if name in stage.filters
@@ -75,11 +95,24 @@ class Trainer:
         mix = TaskMix(pools, stage.tasks, self.tok, seed=self.seed * 1000 + stage_index)
         k_rng = random.Random(self.seed * 1000 + stage_index + 500)
         opt = torch.optim.AdamW(param_groups(model, stage), lr=stage.lr, betas=(0.9, 0.95))
-        bar = tqdm(range(stage.steps), desc=f"stage {stage.name}", disable=not self.progress, dynamic_ncols=True,
-                   unit="step")
+        start = 0
+        if resume is not None and resume["stage_step"] == 0:  # saved at the previous stage's end
+            torch.set_rng_state(resume["torch_rng"])
+        elif resume is not None:
+            start = resume["stage_step"]
+            opt.load_state_dict(resume["optimizer"])
+            mix.load_state_dict(resume["mix"])
+            st = resume["k_rng"]
+            k_rng.setstate((st[0], tuple(st[1]), st[2]))
+            torch.set_rng_state(resume["torch_rng"])
+        bar = tqdm(range(start, stage.steps), desc=f"stage {stage.name}", disable=not self.progress,
+                   dynamic_ncols=True, unit="step", initial=start, total=stage.steps)
         acc: dict[str, list[float]] = defaultdict(list)
         tokens, t0, bad = 0, time.perf_counter(), 0
         for step in bar:
+            if self.max_steps is not None and self.global_step >= self.max_steps:
+                bar.close()
+                return False
             lr = lr_at(step, stage)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_mult"]
@@ -117,7 +150,9 @@ class Trainer:
                     if mask.any():
                         acc[f"loss/{n}"].append(float(per_tok[rows][mask].mean()))
             self.global_step += 1
-            if (step + 1) % self.log_every == 0 or step + 1 == stage.steps:
+            done = step + 1 == stage.steps
+            capped = self.max_steps is not None and self.global_step >= self.max_steps
+            if self.global_step % self.log_every == 0 or done or capped:
                 elapsed = time.perf_counter() - t0
                 m = {"step": self.global_step, "stage": stage.name, "lr": lr,
                      "tokens_per_s": tokens / max(elapsed, 1e-9), "elapsed_s": elapsed}
@@ -128,6 +163,12 @@ class Trainer:
                 self.on_metrics(m)
                 bar.set_postfix(loss=f"{m['loss']:.3f}", think=f"{m['think_iters']:.2f}",
                                 tok_s=f"{m['tokens_per_s']:.0f}")
+            if self.on_checkpoint and ((self.checkpoint_every and self.global_step % self.checkpoint_every == 0)
+                                       or done or capped):
+                # At a stage's end the saved position is the start of the next stage.
+                pos = (stage_index + 1, 0) if done else (stage_index, step + 1)
+                self.on_checkpoint(self, self.training_state(*pos, opt, mix, k_rng))
         bar.close()
         for p in model.parameters():
             p.requires_grad_(True)
+        return True

@@ -1,0 +1,211 @@
+"""A training run described by a TOML file: the model, the tasks, the curriculum stages, checkpointing.
+
+    seed = 0
+    checkpoint_every = 100          # optimizer steps between checkpoints
+    [model]
+    preset = "tiny"                 # any RMTConfig field may follow and override the preset
+    [tasks.arithmetic]              # task config overrides (the run's seed is the default seed)
+    n_train = 100000
+    [[stages]]
+    name = "facts"
+    steps = 300
+    tasks = { "facts-synthetic" = 1.0 }
+
+Layout of an output folder:
+
+    OUT/run_config.json                    the resolved config (what `--resume OUT` continues)
+    OUT/metrics.jsonl                      one JSON object per logging interval
+    OUT/checkpoints/step-0000100/          model.safetensors, config.json, tokenizer, training state
+    OUT/checkpoints/latest -> step-...     always the last complete checkpoint (swapped atomically)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rmt.checkpoint import CheckpointError, load_model, load_training_state, save_model, save_training_state
+from rmt.config import ConfigError, RMTConfig
+from rmt.model import RMT
+from rmt.presets import PRESETS, preset
+from rmt.tasks import TASKS, get_task
+from rmt.tokenizer import ByteTokenizer
+from rmt.training.curriculum import Stage
+from rmt.training.trainer import Trainer
+
+
+@dataclass
+class RunConfig:
+    model: RMTConfig
+    stages: list[Stage]
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+    log_every: int = 25
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    device: str = "cpu"
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigError("stages: expected at least one [[stages]] table")
+        for name in ("log_every", "keep_checkpoints"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every: expected an integer >= 0, got {self.checkpoint_every!r}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "RunConfig":
+        raw = dict(raw)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        model_raw = dict(raw.pop("model", {}))
+        name = model_raw.pop("preset", raw.pop("preset", None))
+        try:
+            model = preset(name, **model_raw) if name else RMTConfig.from_dict(model_raw, source=f"{source} [model]")
+        except ValueError as e:
+            raise ConfigError(f"{source} [model]: {e}") from None
+        stages = []
+        for i, st in enumerate(raw.pop("stages", [])):
+            try:
+                stages.append(Stage.from_dict(st))
+            except ConfigError as e:
+                raise ConfigError(f"{source} stages[{i}]: {e}") from None
+        tasks = raw.pop("tasks", {})
+        for i, stage in enumerate(stages):
+            for t in stage.tasks:
+                if t not in TASKS:
+                    raise ConfigError(f"{source} stages[{i}].tasks: unknown task {t!r}; known tasks: {sorted(TASKS)}")
+        return cls(model=model, stages=stages, tasks=tasks, preset=name, **raw)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: list[str] | None = None) -> "RunConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        for item in overrides or []:
+            apply_override(raw, item)
+        return cls.from_dict(raw, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "stages": [vars(s) for s in self.stages], "tasks": self.tasks,
+                "seed": self.seed, "log_every": self.log_every, "checkpoint_every": self.checkpoint_every,
+                "keep_checkpoints": self.keep_checkpoints, "device": self.device}
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """`--set model.d_model=64`, `--set stages.0.steps=10`, `--set seed=3`: edit the raw config in place.
+    The value is read as a TOML value (numbers, booleans, strings in quotes, inline tables), else a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, text = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    node: Any = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: no item {part!r} (there are {len(node)})")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {key}: no item {last!r} (there are {len(node)})")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def _save(out: Path, model: RMT, tok, state: dict, keep: int) -> None:
+    ckpts = out / "checkpoints"
+    step_dir = ckpts / f"step-{state['global_step']:07d}"
+    tmp = ckpts / f".tmp-{step_dir.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp, tok)
+    save_training_state(state, tmp)
+    shutil.rmtree(step_dir, ignore_errors=True)
+    os.replace(tmp, step_dir)
+    # Point `latest` at the new folder in one atomic rename of a fresh symlink.
+    link_tmp = ckpts / ".latest.tmp"
+    link_tmp.unlink(missing_ok=True)
+    link_tmp.symlink_to(step_dir.name)
+    os.replace(link_tmp, ckpts / "latest")
+    old = sorted(p for p in ckpts.glob("step-*") if p.is_dir())[:-keep]
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: int | None = None,
+          progress: bool = True) -> RMT:
+    """Run (or continue) the configured curriculum, writing checkpoints and metrics under `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    tok = ByteTokenizer()
+    state = None
+    latest = out / "checkpoints" / "latest"
+    if resume:
+        if not latest.exists():
+            raise CheckpointError(f"{out}: nothing to resume (no checkpoints/latest)")
+        model, _ = load_model(latest)
+        if model.config != cfg.model:
+            raise CheckpointError(f"{latest}: checkpoint was written for another model config than {out}/run_config.json")
+        state = load_training_state(latest)
+        if state["stage_index"] >= len(cfg.stages):
+            return model
+    else:
+        model = RMT(cfg.model)
+    model.to(cfg.device)
+    (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    names = sorted({t for s in cfg.stages for t in s.tasks})
+    pools = {}
+    for name in names:
+        overrides = {"seed": cfg.seed, **cfg.tasks.get(name, {})}
+        try:
+            pools[name] = get_task(name, **overrides).split("train")
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"tasks.{name}: {e}") from None
+
+    metrics = out / "metrics.jsonl"
+
+    def log(m: dict) -> None:
+        with metrics.open("a") as f:
+            f.write(json.dumps(m) + "\n")
+
+    trainer = Trainer(model, tok, pools, seed=cfg.seed, on_metrics=log, progress=progress,
+                      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, max_steps=max_steps,
+                      on_checkpoint=lambda tr, st: _save(out, model, tok, st, cfg.keep_checkpoints))
+    trainer.run(cfg.stages, resume=state)
+    return model
+
+
+def load_run_config(out: str | Path) -> RunConfig:
+    path = Path(out) / "run_config.json"
+    if not path.is_file():
+        raise ConfigError(f"{out}: not a run folder (run_config.json is missing)")
+    return RunConfig.from_dict(json.loads(path.read_text()), source=str(path))
+
+
+def known_presets() -> list[str]:
+    return list(PRESETS)

@@ -1,0 +1,169 @@
+"""`rmt train`: configs, checkpoints, exact resume after SIGKILL, errors that name the problem."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rmt.cli import main
+from rmt.config import ConfigError
+from rmt.training.run import RunConfig
+
+CONFIG = """
+seed = 3
+checkpoint_every = 5
+log_every = 5
+[model]
+d_model = 32
+ssm_head_dim = 16
+ssm_chunk = 16
+mem_n_keys = 8
+mem_heads = 2
+mem_topk = 4
+mem_d_key = 16
+explicit_d_key = 16
+n_prelude = 1
+n_coda = 1
+think_iters = 2
+[tasks.arithmetic]
+n_train = 2000
+n_validation = 10
+n_test = 20
+[tasks.facts-synthetic]
+n_entities = 40
+n_validation = 10
+[[stages]]
+name = "facts"
+steps = 8
+tasks = { "facts-synthetic" = 1.0 }
+batch_size = 8
+frozen = ["router"]
+[[stages]]
+name = "math"
+steps = 40
+tasks = { "arithmetic" = 0.5, "facts-synthetic" = 0.5 }
+batch_size = 8
+think_iters_max = 2
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    p = tmp_path / "tiny.toml"
+    p.write_text(CONFIG)
+    return p
+
+
+def _rmt(*args, check=True):
+    return subprocess.run([sys.executable, "-m", "rmt.cli", *args], capture_output=True, text=True, check=check)
+
+
+def _weights(run: Path) -> dict:
+    return load_file(str(run / "checkpoints" / "latest" / "model.safetensors"))
+
+
+def test_killed_run_resumes_to_identical_weights(config_file, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    _rmt("train", "--config", str(config_file), "--out", str(full), "--no-progress")
+
+    proc = subprocess.Popen([sys.executable, "-m", "rmt.cli", "train", "--config", str(config_file), "--out",
+                             str(killed), "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = killed / "checkpoints" / "step-0000010"
+    deadline = time.time() + 120
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    latest = os.readlink(killed / "checkpoints" / "latest")
+    assert latest < "step-0000048", f"killed too late ({latest})"
+
+    _rmt("train", "--resume", str(killed), "--no-progress")
+    a, b = _weights(full), _weights(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert os.readlink(killed / "checkpoints" / "latest") == "step-0000048"
+
+
+def test_max_steps_then_resume_and_metrics(config_file, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config_file), "--out", str(out), "--max-steps", "6", "--no-progress"]) == 0
+    assert os.readlink(out / "checkpoints" / "latest") == "step-0000006"
+    state = json.loads((out / "checkpoints" / "latest" / "training_state.json").read_text())
+    assert (state["stage_index"], state["stage_step"], state["global_step"]) == (0, 6, 6)
+    assert main(["train", "--resume", str(out), "--max-steps", "12", "--no-progress"]) == 0
+    state = json.loads((out / "checkpoints" / "latest" / "training_state.json").read_text())
+    assert (state["stage_index"], state["stage_step"], state["global_step"]) == (1, 4, 12)
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    # every log_every steps, at each stage's end and where --max-steps stopped the run
+    assert [r["step"] for r in rows] == [5, 6, 8, 10, 12]
+    assert all({"loss", "lr", "tokens_per_s", "think_iters", "router_think"} <= set(r) for r in rows)
+    # old checkpoints are pruned to keep_checkpoints (3 by default)
+    assert len(list((out / "checkpoints").glob("step-*"))) <= 3
+    assert main(["plot", str(out)]) == 0
+    assert (out / "training.png").stat().st_size > 1000
+
+
+def test_corrupt_checkpoint_is_reported_and_nothing_is_lost(config_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--config", str(config_file), "--out", str(out), "--max-steps", "10", "--no-progress"])
+    older = out / "checkpoints" / "step-0000005"
+    latest = out / "checkpoints" / "latest" / "model.safetensors"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    assert (older / "model.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+
+
+def test_checkpoint_from_another_config_is_refused(config_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--config", str(config_file), "--out", str(out), "--max-steps", "5", "--no-progress"])
+    cfg = json.loads((out / "run_config.json").read_text())
+    cfg["model"]["think_iters"] = 3
+    (out / "run_config.json").write_text(json.dumps(cfg))
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 2
+    assert "another model config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (("seed = 3", "seed = 3\nsede = 4"), "sede"),
+    (("d_model = 32", "d_modl = 32"), "d_modl"),
+    (("steps = 8", "steps = 0"), "steps"),
+    (("steps = 8", "steps = \"eight\""), "steps"),
+    (('"facts-synthetic" = 1.0 }\nbatch_size = 8\nfrozen', '"fact-synthetic" = 1.0 }\nbatch_size = 8\nfrozen'),
+     "fact-synthetic"),
+    (("batch_size = 8\nfrozen", "batchsize = 8\nfrozen"), "batchsize"),
+])
+def test_config_typos_name_the_key(config_file, edit, needle):
+    config_file.write_text(CONFIG.replace(*edit, 1))
+    with pytest.raises(ConfigError, match=needle):
+        RunConfig.from_toml(config_file)
+
+
+def test_set_overrides(config_file):
+    cfg = RunConfig.from_toml(config_file, ["model.d_model=64", "stages.1.steps=7", "seed=9"])
+    assert cfg.model.d_model == 64 and cfg.stages[1].steps == 7 and cfg.seed == 9
+    with pytest.raises(ConfigError, match="no item"):
+        RunConfig.from_toml(config_file, ["stages.5.steps=7"])
+
+
+def test_shipped_configs_are_valid():
+    configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("**/*.toml"))
+    assert configs
+    for path in configs:
+        RunConfig.from_toml(path)
+
+
+def test_presets_command(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("tiny", "small", "base", "1b", "8b", "70b"):
+        assert f"| {name} |" in out
