@@ -249,13 +249,22 @@ class RMT(nn.Module):
         return h[torch.arange(idx.shape[0]), last.to(idx.device)]
 
 
-def loss_fn(out: Output, targets: Tensor, compute_weight: float = 0.0, memory_weight: float = 0.0
-            ) -> tuple[Tensor, Tensor]:
+def loss_fn(out: Output, targets: Tensor, compute_weight: float = 0.0, memory_weight: float = 0.0,
+            n_targets: Tensor | float | None = None) -> tuple[Tensor, Tensor]:
     """Cross-entropy over targets (B, T) (-100 = ignore), plus the router's compute cost, plus (when the
-    output carries memory logits) the memory read's own cross-entropy -> (total, lm loss)."""
-    lm = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    output carries memory logits) the memory read's own cross-entropy -> (total, lm loss).
+
+    n_targets: divide the summed cross-entropy by this count instead of the local one (data-parallel
+    training passes the global count, so every process's loss is its share of the global mean).
+    """
+    def ce(logits: Tensor) -> Tensor:
+        if n_targets is None:
+            return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        summed = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+        return summed / n_targets
+
+    lm = ce(out.logits)
     total = lm + compute_weight * out.compute_cost
     if memory_weight and out.memory_logits is not None:
-        total = total + memory_weight * F.cross_entropy(out.memory_logits.flatten(0, 1).float(), targets.flatten(),
-                                                        ignore_index=-100)
+        total = total + memory_weight * ce(out.memory_logits)
     return total, lm

@@ -38,6 +38,7 @@ from rmt.presets import PRESETS, preset
 from rmt.tasks import TASKS, get_task
 from rmt.tokenizer import ByteTokenizer
 from rmt.training.curriculum import Stage
+from rmt.training import distributed
 from rmt.training.trainer import Trainer
 
 
@@ -159,7 +160,9 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
           progress: bool = True) -> RMT:
     """Run (or continue) the configured curriculum, writing checkpoints and metrics under `out`."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    rank, _, device = distributed.init_from_env(cfg.device)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     tok = ByteTokenizer()
     state = None
@@ -175,8 +178,9 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
             return model
     else:
         model = RMT(cfg.model)
-    model.to(cfg.device)
-    (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    model.to(device)
+    if rank == 0:
+        (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     names = sorted({t for s in cfg.stages for t in s.tasks})
     pools = {}
@@ -188,16 +192,34 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
             raise ConfigError(f"tasks.{name}: {e}") from None
 
     metrics = out / "metrics.jsonl"
+    tb = _tensorboard(out / "tensorboard") if rank == 0 else None
 
     def log(m: dict) -> None:
         with metrics.open("a") as f:
             f.write(json.dumps(m) + "\n")
+        if tb is not None:
+            for k, v in m.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    tb.add_scalar(k, v, m["step"])
+            tb.flush()
 
-    trainer = Trainer(model, tok, pools, seed=cfg.seed, on_metrics=log, progress=progress,
+    trainer = Trainer(model, tok, pools, seed=cfg.seed, on_metrics=log, progress=progress and rank == 0,
                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, max_steps=max_steps,
                       on_checkpoint=lambda tr, st: _save(out, model, tok, st, cfg.keep_checkpoints))
-    trainer.run(cfg.stages, resume=state)
+    try:
+        trainer.run(cfg.stages, resume=state)
+    finally:
+        distributed.shutdown()
     return model
+
+
+def _tensorboard(directory: Path):
+    """A TensorBoard writer when the `tensorboard` package is installed, else None (it is optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(directory))
 
 
 def load_run_config(out: str | Path) -> RunConfig:

@@ -15,10 +15,12 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from rmt.model import RMT, loss_fn
 from rmt.tasks import Example
+from rmt.training import distributed
 from rmt.tokenizer import Tokenizer
 from rmt.training.batches import TaskMix, filter_examples
 from rmt.training.curriculum import Stage
@@ -66,6 +68,7 @@ class Trainer:
         self.progress, self.log_every, self.max_bad_steps = progress, log_every, max_bad_steps
         self.checkpoint_every, self.on_checkpoint, self.max_steps = checkpoint_every, on_checkpoint, max_steps
         self.device = next(model.parameters()).device
+        self.rank, self.world = distributed.world()
         self.global_step = 0
         self.history: list[dict] = []
 
@@ -95,6 +98,14 @@ class Trainer:
         mix = TaskMix(pools, stage.tasks, self.tok, seed=self.seed * 1000 + stage_index)
         k_rng = random.Random(self.seed * 1000 + stage_index + 500)
         opt = torch.optim.AdamW(param_groups(model, stage), lr=stage.lr, betas=(0.9, 0.95))
+        net: nn.Module = model
+        if self.world > 1:
+            if stage.batch_size % self.world:
+                raise ValueError(f"stage {stage.name!r}: batch_size {stage.batch_size} is not divisible by the "
+                                 f"{self.world} processes")
+            # Wrapped per stage: which parameters train (and so need gradient hooks) changes between stages.
+            # Branches can be unused in a step (K = 0, forced routing), hence find_unused_parameters.
+            net = DDP(model, find_unused_parameters=True)
         start = 0
         if resume is not None and resume["stage_step"] == 0:  # saved at the previous stage's end
             torch.set_rng_state(resume["torch_rng"])
@@ -116,11 +127,18 @@ class Trainer:
             lr = lr_at(step, stage)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_mult"]
-            x, y, names = mix.batch(stage.batch_size)
+            x, y, names = mix.batch(stage.batch_size)  # the global batch: the same on every process
+            if self.world > 1:
+                rows = slice(self.rank * len(names) // self.world, (self.rank + 1) * len(names) // self.world)
+                x, y, names = x[rows], y[rows], names[rows]
             x, y = x.to(self.device), y.to(self.device)
             K = k_rng.randint(stage.think_iters_min, stage.think_iters_max)
-            out = model(x, think_iters=K, bptt=stage.bptt, memory_logits=stage.memory_aux > 0)
-            loss, lm = loss_fn(out, y, stage.router_cost, stage.memory_aux)
+            out = net(x, think_iters=K, bptt=stage.bptt, memory_logits=stage.memory_aux > 0)
+            n_targets = None
+            if self.world > 1:
+                # DDP averages gradients over processes; scaling by world makes that a global token mean.
+                n_targets = distributed.all_reduce_sum((y != -100).sum().float()) / self.world
+            loss, lm = loss_fn(out, y, stage.router_cost, stage.memory_aux, n_targets)
             if not torch.isfinite(loss):
                 bad += 1
                 acc["skipped_nonfinite"].append(1.0)
@@ -160,14 +178,17 @@ class Trainer:
                 m["skipped_nonfinite"] = len(acc.get("skipped_nonfinite", []))
                 acc.clear()
                 self.history.append(m)
-                self.on_metrics(m)
+                if self.rank == 0:
+                    self.on_metrics(m)
                 bar.set_postfix(loss=f"{m['loss']:.3f}", think=f"{m['think_iters']:.2f}",
                                 tok_s=f"{m['tokens_per_s']:.0f}")
             if self.on_checkpoint and ((self.checkpoint_every and self.global_step % self.checkpoint_every == 0)
                                        or done or capped):
                 # At a stage's end the saved position is the start of the next stage.
                 pos = (stage_index + 1, 0) if done else (stage_index, step + 1)
-                self.on_checkpoint(self, self.training_state(*pos, opt, mix, k_rng))
+                if self.rank == 0:
+                    self.on_checkpoint(self, self.training_state(*pos, opt, mix, k_rng))
+                distributed.barrier()
         bar.close()
         for p in model.parameters():
             p.requires_grad_(True)

@@ -1,0 +1,56 @@
+"""Multi-process training through PyTorch's own engine: `torchrun` + DistributedDataParallel.
+
+`torchrun --nproc_per_node N -m rmt.cli train --config ...` starts N copies of the same command; each reads
+RANK / WORLD_SIZE / LOCAL_RANK from the environment, joins the process group (NCCL on GPUs, gloo on the CPU)
+and takes its contiguous slice of every global batch. The loss is normalised by the global number of target
+tokens, so N processes compute the same update as one process with the whole batch. If a rank dies, torchrun
+stops the others; the collective timeout bounds any wait that torchrun does not see.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def init_from_env(device: str, timeout_s: float = 300.0) -> tuple[int, int, torch.device]:
+    """-> (rank, world size, this process's device). A single process (no torchrun) is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, torch.device(device)
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        dev, backend = torch.device("cuda", local), "nccl"
+    else:
+        dev, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return rank, world, dev
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

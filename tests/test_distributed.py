@@ -1,0 +1,85 @@
+"""Two processes with torchrun (gloo, CPU) train to the same weights as one process with the whole batch."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_run import CONFIG
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(n: int, *args: str, **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "rmt.cli", *args]
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _short_config(tmp_path: Path, steps: int) -> Path:
+    p = tmp_path / "ddp.toml"
+    p.write_text(CONFIG.replace("steps = 8", "steps = 3").replace("steps = 40", f"steps = {steps}"))
+    return p
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    cfg = _short_config(tmp_path, steps=3)
+    one = subprocess.run([sys.executable, "-m", "rmt.cli", "train", "--config", str(cfg), "--out",
+                          str(tmp_path / "one"), "--no-progress"], env=ENV, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    proc = _torchrun(2, "train", "--config", str(cfg), "--out", str(tmp_path / "two"), "--no-progress")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    a = load_file(str(tmp_path / "one" / "checkpoints" / "latest" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "checkpoints" / "latest" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=k)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(d.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
+def test_a_dying_rank_stops_the_run_instead_of_hanging(tmp_path):
+    cfg = _short_config(tmp_path, steps=100000)
+    proc = _torchrun(2, "train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress")
+    deadline = time.time() + 120
+    workers: list[int] = []
+    while time.time() < deadline and len(workers) < 2:
+        workers = _children(proc.pid)
+        time.sleep(0.2)
+    assert len(workers) == 2, "torchrun did not start two workers"
+    time.sleep(8)  # let them get into the training loop (collectives in flight)
+    os.kill(workers[1], signal.SIGKILL)
+    start = time.time()
+    try:
+        proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the surviving rank hung after the other one died")
+    assert proc.returncode != 0
+    assert time.time() - start < 120
