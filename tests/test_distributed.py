@@ -83,3 +83,37 @@ def test_a_dying_rank_stops_the_run_instead_of_hanging(tmp_path):
         pytest.fail("the surviving rank hung after the other one died")
     assert proc.returncode != 0
     assert time.time() - start < 120
+
+
+def _weights(run: Path) -> dict:
+    return load_file(str(run / "checkpoints" / "latest" / "model.safetensors"))
+
+
+def test_two_process_fsdp2_matches_one_process_and_resumes(tmp_path):
+    """FSDP2 (`fully_shard`, gloo on the CPU): same weights as one process; a capped run resumed under FSDP2
+    continues to the same end."""
+    cfg = _short_config(tmp_path, steps=3)
+    fsdp_cfg = tmp_path / "fsdp.toml"
+    fsdp_cfg.write_text('parallel = "fsdp"\n' + cfg.read_text())
+    one = subprocess.run([sys.executable, "-m", "rmt.cli", "train", "--config", str(cfg), "--out",
+                          str(tmp_path / "one"), "--no-progress"], env=ENV, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    proc = _torchrun(2, "train", "--config", str(fsdp_cfg), "--out", str(tmp_path / "fsdp"), "--no-progress")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "fsdp")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=k)
+
+    resumed = tmp_path / "resumed"
+    proc = _torchrun(2, "train", "--config", str(fsdp_cfg), "--out", str(resumed), "--max-steps", "4",
+                     "--no-progress")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    proc = _torchrun(2, "train", "--resume", str(resumed), "--no-progress")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    c = _weights(resumed)
+    for k in a:
+        torch.testing.assert_close(c[k], a[k], atol=1e-5, rtol=0, msg=k)

@@ -41,10 +41,12 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_model(model: RMT, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+def save_model(model: RMT, directory: str | Path, tokenizer: Tokenizer | None = None,
+               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """state_dict: the full weights when the model itself is sharded (FSDP gathers them first)."""
     d = Path(directory)
-    # Tied weights (the LM head is the embedding) are stored once; safetensors refuses shared storage.
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    # Clones, so that no two saved tensors share storage (safetensors refuses that).
+    tensors = {k: v.detach().contiguous().clone() for k, v in (state_dict or model.state_dict()).items()}
     atomic_write(d / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     atomic_write(d / "config.json", lambda p: p.write_text(model.config.to_json() + "\n"))
     if tokenizer is not None:
@@ -95,12 +97,12 @@ def save_training_state(state: dict, directory: str | Path) -> None:
     opt = state["optimizer"]
     tensors = {"torch_rng": state["torch_rng"].clone()}
     plain_state: dict[str, dict] = {}
-    for idx, per_param in opt["state"].items():
+    for param, per_param in opt["state"].items():  # keyed by parameter name (torch.distributed.checkpoint)
         for name, value in per_param.items():
             if torch.is_tensor(value):
-                tensors[f"optimizer.{idx}.{name}"] = value.detach().contiguous().clone()
+                tensors[f"optimizer.{param}.{name}"] = value.detach().contiguous().clone()
             else:
-                plain_state.setdefault(str(idx), {})[name] = value
+                plain_state.setdefault(str(param), {})[name] = value
     meta = {"stage_index": state["stage_index"], "stage_step": state["stage_step"],
             "global_step": state["global_step"], "param_groups": opt["param_groups"],
             "optimizer_plain_state": plain_state, "mix": _jsonable(state["mix"]), "k_rng": _jsonable(state["k_rng"])}
@@ -118,13 +120,13 @@ def load_training_state(directory: str | Path) -> dict:
         meta = json.loads((d / TRAINING_STATE_JSON).read_text())
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as e:
         raise CheckpointError(f"{d}: training state is corrupt or truncated ({e})") from None
-    opt_state: dict[int, dict] = {}
+    opt_state: dict[str, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
-            _, idx, name = key.split(".", 2)
-            opt_state.setdefault(int(idx), {})[name] = value
-    for idx, plain in meta["optimizer_plain_state"].items():
-        opt_state.setdefault(int(idx), {}).update(plain)
+            param, name = key.removeprefix("optimizer.").rsplit(".", 1)
+            opt_state.setdefault(param, {})[name] = value
+    for param, plain in meta["optimizer_plain_state"].items():
+        opt_state.setdefault(param, {}).update(plain)
     return {"stage_index": meta["stage_index"], "stage_step": meta["stage_step"], "global_step": meta["global_step"],
             "optimizer": {"state": opt_state, "param_groups": meta["param_groups"]}, "mix": meta["mix"],
             "k_rng": meta["k_rng"], "torch_rng": tensors["torch_rng"]}

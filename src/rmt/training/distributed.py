@@ -33,6 +33,38 @@ def init_from_env(device: str, timeout_s: float = 300.0) -> tuple[int, int, torc
     return rank, world, dev
 
 
+def shard(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2: shard the model's parameters over the processes, in place.
+
+    Prelude and coda layers and the product-key memory (its value table is most of the parameters at scale)
+    are their own units; the thinking core stays in the root unit, because its shared weights are used K times
+    per forward pass and a root unit gathers them once.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in [*model.prelude, *model.coda]:
+        fully_shard(layer)
+    if model.memory is not None:
+        fully_shard(model.memory)
+    fully_shard(model)
+    return model
+
+
+def is_fsdp(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def state_dict_options(strict: bool = True):
+    """Full (gathered, on the CPU) state dicts when training is distributed; plain ones otherwise."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    if dist.is_available() and dist.is_initialized():
+        return StateDictOptions(full_state_dict=True, cpu_offload=True, strict=strict)
+    return StateDictOptions(strict=strict)
+
+
 def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()

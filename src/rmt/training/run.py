@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
 from rmt.checkpoint import CheckpointError, load_model, load_training_state, save_model, save_training_state
 from rmt.config import ConfigError, RMTConfig
@@ -52,9 +53,12 @@ class RunConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     device: str = "cpu"
+    parallel: str = "ddp"  # with several processes: "ddp" (replicated) or "fsdp" (FSDP2, sharded)
     preset: str | None = None
 
     def __post_init__(self) -> None:
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"parallel: expected 'ddp' or 'fsdp', got {self.parallel!r}")
         if not self.stages:
             raise ConfigError("stages: expected at least one [[stages]] table")
         for name in ("log_every", "keep_checkpoints"):
@@ -105,7 +109,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "stages": [vars(s) for s in self.stages], "tasks": self.tasks,
                 "seed": self.seed, "log_every": self.log_every, "checkpoint_every": self.checkpoint_every,
-                "keep_checkpoints": self.keep_checkpoints, "device": self.device}
+                "keep_checkpoints": self.keep_checkpoints, "device": self.device, "parallel": self.parallel}
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -138,11 +142,15 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 def _save(out: Path, model: RMT, tok, state: dict, keep: int) -> None:
+    """Called on every process (gathering sharded weights is a collective); only rank 0 writes."""
+    weights = get_model_state_dict(model, options=distributed.state_dict_options())
+    if distributed.world()[0] != 0:
+        return
     ckpts = out / "checkpoints"
     step_dir = ckpts / f"step-{state['global_step']:07d}"
     tmp = ckpts / f".tmp-{step_dir.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, tok)
+    save_model(model, tmp, tok, state_dict=weights)
     save_training_state(state, tmp)
     shutil.rmtree(step_dir, ignore_errors=True)
     os.replace(tmp, step_dir)
@@ -160,7 +168,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
           progress: bool = True) -> RMT:
     """Run (or continue) the configured curriculum, writing checkpoints and metrics under `out`."""
     out = Path(out)
-    rank, _, device = distributed.init_from_env(cfg.device)
+    rank, world, device = distributed.init_from_env(cfg.device)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -179,6 +187,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
     else:
         model = RMT(cfg.model)
     model.to(device)
+    if world > 1 and cfg.parallel == "fsdp":
+        distributed.shard(model)
     if rank == 0:
         (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 

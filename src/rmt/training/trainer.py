@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -85,10 +86,13 @@ class Trainer:
 
     def training_state(self, stage_index: int, stage_step: int, opt: torch.optim.Optimizer, mix: TaskMix,
                        k_rng: random.Random) -> dict:
-        """Everything needed to continue exactly: position, optimizer, and every random number generator."""
+        """Everything needed to continue exactly: position, optimizer, and every random number generator.
+
+        A collective under FSDP (the sharded optimizer state is gathered): every process must call it.
+        """
         return {"stage_index": stage_index, "stage_step": stage_step, "global_step": self.global_step,
-                "optimizer": opt.state_dict(), "mix": mix.state_dict(), "k_rng": k_rng.getstate(),
-                "torch_rng": torch.get_rng_state()}
+                "optimizer": get_optimizer_state_dict(self.model, opt, options=distributed.state_dict_options()),
+                "mix": mix.state_dict(), "k_rng": k_rng.getstate(), "torch_rng": torch.get_rng_state()}
 
     def run_stage(self, stage: Stage, stage_index: int = 0, resume: dict | None = None) -> bool:
         model = self.model
@@ -99,7 +103,7 @@ class Trainer:
         k_rng = random.Random(self.seed * 1000 + stage_index + 500)
         opt = torch.optim.AdamW(param_groups(model, stage), lr=stage.lr, betas=(0.9, 0.95))
         net: nn.Module = model
-        if self.world > 1:
+        if self.world > 1 and not distributed.is_fsdp(model):
             if stage.batch_size % self.world:
                 raise ValueError(f"stage {stage.name!r}: batch_size {stage.batch_size} is not divisible by the "
                                  f"{self.world} processes")
@@ -111,7 +115,8 @@ class Trainer:
             torch.set_rng_state(resume["torch_rng"])
         elif resume is not None:
             start = resume["stage_step"]
-            opt.load_state_dict(resume["optimizer"])
+            set_optimizer_state_dict(self.model, opt, resume["optimizer"],
+                                     options=distributed.state_dict_options(strict=False))
             mix.load_state_dict(resume["mix"])
             st = resume["k_rng"]
             k_rng.setstate((st[0], tuple(st[1]), st[2]))
@@ -150,6 +155,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+            gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # a DTensor under FSDP
             opt.step()
             tokens += int((x != self.tok.pad_id).sum())
             acc["loss"].append(lm.item())
@@ -186,8 +192,7 @@ class Trainer:
                                        or done or capped):
                 # At a stage's end the saved position is the start of the next stage.
                 pos = (stage_index + 1, 0) if done else (stage_index, step + 1)
-                if self.rank == 0:
-                    self.on_checkpoint(self, self.training_state(*pos, opt, mix, k_rng))
+                self.on_checkpoint(self, self.training_state(*pos, opt, mix, k_rng))  # writes on rank 0
                 distributed.barrier()
         bar.close()
         for p in model.parameters():
