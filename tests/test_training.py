@@ -77,6 +77,16 @@ def test_nan_loss_steps_are_skipped_then_the_run_stops(monkeypatch):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no step was taken
 
 
+def test_seq_len_caps_rows_and_constant_schedule():
+    from rmt.training.batches import TaskMix
+
+    mix = TaskMix(_pools(), {"text": 1.0}, ByteTokenizer(), seed=0, max_len=12)
+    x, y, _ = mix.batch(4)
+    assert x.shape[1] == 12
+    st = Stage("s", 100, {"qa": 1.0}, lr=1.0, warmup=10, schedule="constant")
+    assert lr_at(50, st) == 1.0 and lr_at(99, st) == 1.0
+
+
 def test_schedule_warms_up_then_decays():
     st = Stage("s", 100, {"qa": 1.0}, lr=1.0, warmup=10, min_lr_frac=0.1)
     assert lr_at(0, st) == pytest.approx(0.1)
@@ -86,7 +96,8 @@ def test_schedule_warms_up_then_decays():
 
 @pytest.mark.parametrize("kwargs,field", [
     ({"steps": 0}, "steps"), ({"tasks": {}}, "tasks"), ({"lr": 0.0}, "lr"),
-    ({"think_iters_min": 3, "think_iters_max": 1}, "think_iters"), ({"filters": {"qa": {"max_stps": 2}}}, "max_stps"),
+    ({"think_iters_min": 3, "think_iters_max": 1}, "think_iters"), ({"schedule": "linear"}, "schedule"),
+    ({"seq_len": -1}, "seq_len"), ({"batch_size": 2.5}, "batch_size"), ({"filters": {"qa": {"max_stps": 2}}}, "max_stps"),
 ])
 def test_bad_stage_names_the_problem(kwargs, field):
     args = dict(name="s", steps=10, tasks={"qa": 1.0})

@@ -50,13 +50,13 @@ class TaskMix:
     """Samples batches from several tasks' training examples with fixed weights, reproducibly from a seed."""
 
     def __init__(self, pools: dict[str, list[Example]], weights: dict[str, float], tokenizer: Tokenizer,
-                 seed: int, cot: bool = False):
+                 seed: int, cot: bool = False, max_len: int = 0):
         missing = sorted(set(weights) - set(pools))
         if missing:
             raise ValueError(f"task mix names unknown task(s) {missing}; available: {sorted(pools)}")
         self.names = list(weights)
         self.weights = [weights[n] for n in self.names]
-        self.pools, self.tok, self.cot = pools, tokenizer, cot
+        self.pools, self.tok, self.cot, self.max_len = pools, tokenizer, cot, max_len
         self.rng = random.Random(seed)
 
     def batch(self, size: int) -> tuple[Tensor, Tensor, list[str]]:
@@ -68,7 +68,10 @@ class TaskMix:
         name = self.rng.choices(self.names, weights=self.weights, k=1)[0]
         names = [name] * size
         examples = [self.rng.choice(self.pools[name]) for _ in range(size)]
-        x, y = collate([encode_example(ex, self.tok, self.cot) for ex in examples], self.tok.pad_id)
+        encoded = [encode_example(ex, self.tok, self.cot) for ex in examples]
+        if self.max_len:  # inputs and targets are the row shifted by one, so keep max_len + 1 ids
+            encoded = [(ids[: self.max_len + 1], start) for ids, start in encoded]
+        x, y = collate(encoded, self.tok.pad_id)
         return x, y, names
 
     def state_dict(self) -> dict:

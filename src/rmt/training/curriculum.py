@@ -18,7 +18,9 @@ class Stage:
     steps: int
     tasks: dict[str, float]  # task name -> sampling weight
     batch_size: int = 64
+    seq_len: int = 0  # longest row in tokens (longer samples are cut); 0 = no limit
     lr: float = 3e-3
+    schedule: str = "cosine"  # "cosine" (warm-up, then cosine to lr * min_lr_frac) or "constant" (after warm-up)
     warmup: int = 50
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
     memory_lr_mult: float = 5.0  # memory values learn faster: each slot is touched by few tokens
@@ -53,6 +55,10 @@ class Stage:
         if not 0 <= self.think_iters_min <= self.think_iters_max:
             raise ConfigError(f"{where}: think_iters_min/max: expected 0 <= min <= max, "
                               f"got {self.think_iters_min}, {self.think_iters_max}")
+        if self.seq_len < 0:
+            raise ConfigError(f"{where}: seq_len: expected >= 0, got {self.seq_len}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"{where}: schedule: expected 'cosine' or 'constant', got {self.schedule!r}")
         if self.bptt < 1:
             raise ConfigError(f"{where}: bptt: expected >= 1, got {self.bptt}")
         for task, flt in self.filters.items():

@@ -50,6 +50,8 @@ def param_groups(model: RMT, stage: Stage) -> list[dict]:
 def lr_at(step: int, stage: Stage) -> float:
     if step < stage.warmup:
         return stage.lr * (step + 1) / stage.warmup
+    if stage.schedule == "constant":
+        return stage.lr
     progress = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
     cos = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return stage.lr * (stage.min_lr_frac + (1 - stage.min_lr_frac) * cos)
@@ -99,7 +101,7 @@ class Trainer:
         model.train()
         pools = {name: filter_examples(self.pools[name], stage.filters[name]) if name in stage.filters
                  else self.pools[name] for name in stage.tasks if name in self.pools}
-        mix = TaskMix(pools, stage.tasks, self.tok, seed=self.seed * 1000 + stage_index)
+        mix = TaskMix(pools, stage.tasks, self.tok, seed=self.seed * 1000 + stage_index, max_len=stage.seq_len)
         k_rng = random.Random(self.seed * 1000 + stage_index + 500)
         opt = torch.optim.AdamW(param_groups(model, stage), lr=stage.lr, betas=(0.9, 0.95))
         net: nn.Module = model
