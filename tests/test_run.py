@@ -167,3 +167,10 @@ def test_presets_command(capsys):
     out = capsys.readouterr().out
     for name in ("tiny", "small", "base", "1b", "8b", "70b"):
         assert f"| {name} |" in out
+
+
+def test_tensorboard_events_when_installed(config_file, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config_file), "--out", str(out), "--max-steps", "5", "--no-progress"]) == 0
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))

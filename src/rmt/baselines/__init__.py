@@ -1,0 +1,1 @@
+"""Baselines the project compares RMT against (same data, same budget)."""
