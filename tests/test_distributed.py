@@ -35,11 +35,15 @@ def _short_config(tmp_path: Path, steps: int) -> Path:
     return p
 
 
+def _one_process(cfg: Path, out: Path) -> None:
+    one = subprocess.run([sys.executable, "-m", "rmt.cli", "train", "--config", str(cfg), "--out", str(out),
+                          "--no-progress"], env=ENV, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+
+
 def test_two_process_ddp_matches_one_process(tmp_path):
     cfg = _short_config(tmp_path, steps=3)
-    one = subprocess.run([sys.executable, "-m", "rmt.cli", "train", "--config", str(cfg), "--out",
-                          str(tmp_path / "one"), "--no-progress"], env=ENV, capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr
+    _one_process(cfg, tmp_path / "one")
     proc = _torchrun(2, "train", "--config", str(cfg), "--out", str(tmp_path / "two"), "--no-progress")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
@@ -95,9 +99,7 @@ def test_two_process_fsdp2_matches_one_process_and_resumes(tmp_path):
     cfg = _short_config(tmp_path, steps=3)
     fsdp_cfg = tmp_path / "fsdp.toml"
     fsdp_cfg.write_text('parallel = "fsdp"\n' + cfg.read_text())
-    one = subprocess.run([sys.executable, "-m", "rmt.cli", "train", "--config", str(cfg), "--out",
-                          str(tmp_path / "one"), "--no-progress"], env=ENV, capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr
+    _one_process(cfg, tmp_path / "one")
     proc = _torchrun(2, "train", "--config", str(fsdp_cfg), "--out", str(tmp_path / "fsdp"), "--no-progress")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out

@@ -96,6 +96,14 @@ class RMT(nn.Module):
             m = m + (self.explicit(q.unsqueeze(1), bank).squeeze(1) if q.dim() == 2 else self.explicit(q, bank))
         return m
 
+    def _memory_branch(self, h: Tensor, routing: Routing, memory: bool, bank: ExplicitMemoryBank | None
+                       ) -> tuple[Tensor, Tensor | None]:
+        """-> (e = h + w_memory * m, the read m); with memory off, (h, None) and memory is never touched."""
+        if not memory:
+            return h, None
+        m = self._memory_read(h, bank)
+        return h + routing.w_memory.unsqueeze(-1) * m, m
+
     def _head(self, x: Tensor) -> Tensor:
         return self.norm(x) @ self.embed.weight.T
 
@@ -124,11 +132,8 @@ class RMT(nn.Module):
         for layer in self.prelude:
             h = layer(h)
         routing = self.router(h, mode=router, hard=hard)
-        e, mem_logits = h, None
-        if memory:
-            m = self._memory_read(h, explicit_bank)
-            e = h + routing.w_memory.unsqueeze(-1) * m
-            mem_logits = self._head(m) if memory_logits else None
+        e, m = self._memory_branch(h, routing, memory, explicit_bank)
+        mem_logits = self._head(m) if (memory_logits and m is not None) else None
         if K > 0 and bool(routing.think_mask.any()):
             s, used = self.core(e, routing.w_think, K, bptt=bptt, exit_rule=exit_rule, init=self.config.think_init,
                                 readout=lambda st: self._head(e + st))
@@ -163,9 +168,7 @@ class RMT(nn.Module):
             h, st = layer.step(h, st)
             prelude.append(st)
         routing = self.router(h, mode=router, hard=True)
-        e = h
-        if memory:
-            e = h + routing.w_memory.unsqueeze(-1) * self._memory_read(h, cache.explicit_bank)
+        e, _ = self._memory_branch(h, routing, memory, cache.explicit_bank)
         core_states = cache.core
         if cache.core and bool(routing.think_mask.any()):
             s, used, core_states = self.core.step(e, routing.w_think, cache.core, exit_rule=exit_rule,
@@ -191,9 +194,7 @@ class RMT(nn.Module):
         for i, layer in enumerate(self.prelude):
             h, cache.prelude[i] = layer(h, return_state=True)
         routing = self.router(h, mode=router, hard=True)
-        e = h
-        if memory:
-            e = h + routing.w_memory.unsqueeze(-1) * self._memory_read(h, explicit_bank)
+        e, _ = self._memory_branch(h, routing, memory, explicit_bank)
         used = torch.zeros(idx.shape, device=idx.device)
         x = e
         if K > 0:
