@@ -10,11 +10,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmt", description="Recurrent Memory Transformer")
     sub = parser.add_subparsers(dest="command", required=True)
     # Imported lazily so `rmt --help` stays fast and one broken sub-command cannot hide the others.
-    from rmt import demo
+    from rmt import bench, demo
     from rmt.tasks import commands as task_commands
     from rmt.training import commands as training_commands
 
     demo.register(sub)
+    bench.register(sub)
     training_commands.register(sub)
     task_commands.register(sub)
     return parser

@@ -1,0 +1,203 @@
+"""`rmt bench`: what the architecture promises (R4), measured side by side with the GPT baseline.
+
+Every figure is the median of several repetitions after a warm-up, on this machine, in this run:
+
+- matmul_peak_gflops: fp32 GEMM of 2048² matrices (the ceiling MFU is measured against);
+- train_tokens_per_s: one training step (forward + backward) of a single sequence of each length;
+- generate_ms_per_token / generate_state_bytes: decoding after a context of each length;
+- memory_lookup_ms: 4,096 product-key queries against banks of each size; explicit_per_query: the cost of
+  one linear-attention read against a bank with that many entries written;
+- mfu: achieved FLOP/s of an RMT training step at the `small` preset and 2,048 tokens over the GEMM peak
+  (FLOPs counted as 6 x active parameters x tokens, the usual estimate);
+- peak_rss_mb: peak resident memory of a fresh process that runs one RMT training step of that length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rmt.baselines.gpt import GPT, GPTConfig
+from rmt.memory import ExplicitMemoryBank, ProductKeyMemory
+from rmt.model import RMT, loss_fn
+from rmt.presets import count_params, preset
+
+
+def timed(fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
+    """Median wall seconds of fn() over reps runs, after warm-up runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(reps: int) -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    return 2 * 2048**3 / timed(lambda: a @ b, reps, warmup=2) / 1e9
+
+
+def models() -> tuple[RMT, GPT]:
+    torch.manual_seed(0)
+    rmt = RMT(preset("tiny"))
+    # A GPT of about the same parameter count as RMT without its memory table (position table excluded).
+    gpt = GPT(GPTConfig(n_layer=6, n_head=4, d_model=128, max_len=16384))
+    return rmt, gpt
+
+
+def train_step(model, idx: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    if isinstance(model, RMT):
+        out = model(idx, think_iters=2, bptt=2)
+        loss_fn(out, idx)[0].backward()
+    else:
+        logits, _ = model(idx)
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten()).backward()
+
+
+@torch.no_grad()
+def generate_ms(model, ctx: int, n: int = 32) -> tuple[float, int]:
+    idx = torch.randint(0, 256, (1, ctx))
+    tok = torch.tensor([65])
+    if isinstance(model, RMT):
+        _, _, cache = model.prefill(idx)
+
+        def decode():
+            c = cache
+            for _ in range(n):
+                _, _, c = model.step(tok, c)
+            return c
+        ms = timed(decode, 3) / n * 1e3
+        return ms, decode().nbytes()
+    logits, cache = model(idx)
+
+    def decode_gpt():
+        c, pos = cache, ctx
+        for _ in range(n):
+            _, c = model(tok[None], c, pos)
+            pos += 1
+        return c
+    ms = timed(decode_gpt, 3) / n * 1e3
+    return ms, GPT.cache_bytes(cache)
+
+
+@torch.no_grad()
+def lookup_ms(n_keys: int, reps: int) -> float:
+    torch.manual_seed(0)
+    mem = ProductKeyMemory(128, n_keys=n_keys, heads=4, topk=16)
+    x = torch.randn(1, 4096, 128)
+    return timed(lambda: mem(x), reps) * 1e3
+
+
+@torch.no_grad()
+def explicit_ms_per_query(entries: int, reps: int) -> float:
+    bank = ExplicitMemoryBank(64, 128)
+    for i in range(0, entries, 10_000):  # written in pieces, as a growing bank would be
+        m = min(10_000, entries - i)
+        bank.write(torch.randn(1, m, 64), torch.randn(1, m, 128))
+    q = torch.randn(1, 4096, 64)
+    return timed(lambda: bank.read(q), reps) * 1e3 / 4096
+
+
+def mfu(peak: float, reps: int) -> float:
+    torch.manual_seed(0)
+    cfg = preset("small", think_iters=2)
+    model = RMT(cfg)
+    idx = torch.randint(0, 256, (1, 2048))
+    sec = timed(lambda: train_step(model, idx), reps)
+    flops = 6 * count_params(cfg)["active_per_token"] * 2048
+    return flops / sec / 1e9 / peak
+
+
+def peak_rss_mb(length: int) -> float:
+    """Run one tiny-preset training step of `length` tokens in a fresh process and read its peak RSS."""
+    code = ("import torch, resource; from rmt.bench import models, train_step; m, _ = models(); "
+            f"train_step(m, torch.randint(0, 256, (1, {length}))); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def run_bench(quick: bool = False, out: str | Path = "runs/bench", log: Callable[[str], None] = print) -> dict:
+    torch.manual_seed(0)
+    reps = 2 if quick else 5
+    lengths = [512, 2048] if quick else [512, 2048, 8192, 16384]
+    contexts = [128, 2048] if quick else [128, 2048, 8192]
+    res: dict = {"quick": quick, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    res["matmul_peak_gflops"] = peak = matmul_peak_gflops(reps)
+    log(f"fp32 GEMM peak: {peak:.1f} GFLOP/s")
+    rmt, gpt = models()
+    res["params"] = {"rmt": rmt.num_params(), "rmt_without_memory_values": rmt.num_params(True),
+                     "transformer": gpt.num_params(), "transformer_without_positions": gpt.num_params()
+                     - gpt.pos.weight.numel()}
+    res["train_tokens_per_s"] = {"rmt": {}, "transformer": {}}
+    for name, model in (("rmt", rmt), ("transformer", gpt)):
+        for L in lengths:
+            idx = torch.randint(0, 256, (1, L))
+            sec = timed(lambda: train_step(model, idx), max(1, reps // 2 if L >= 8192 else reps))
+            res["train_tokens_per_s"][name][str(L)] = L / sec
+            log(f"train {name:11s} {L:6d} tokens: {L / sec:9.0f} tokens/s")
+    res["generate_ms_per_token"] = {"rmt": {}, "transformer": {}}
+    res["generate_state_bytes"] = {"rmt": {}, "transformer": {}}
+    for name, model in (("rmt", rmt.eval()), ("transformer", gpt.eval())):
+        for ctx in contexts:
+            ms, nbytes = generate_ms(model, ctx)
+            res["generate_ms_per_token"][name][str(ctx)] = ms
+            res["generate_state_bytes"][name][str(ctx)] = nbytes
+            log(f"generate {name:11s} after {ctx:5d}: {ms:7.2f} ms/token, state {nbytes:,} bytes")
+    slots = {"65536": 256, "262144": 512, "1048576": 1024}
+    res["memory_lookup_ms"] = {"parametric": {k: lookup_ms(v, reps) for k, v in slots.items()},
+                               "explicit_per_query": {str(n): explicit_ms_per_query(n, reps)
+                                                      for n in (1000, 100_000)}}
+    log(f"memory lookups: {json.dumps(res['memory_lookup_ms'])}")
+    res["mfu"] = mfu(peak, 1 if quick else 3)
+    log(f"MFU (small preset, 2,048 tokens): {res['mfu']:.3f}")
+    res["peak_rss_mb"] = {"rmt": {str(L): peak_rss_mb(L) for L in ([2048] if quick else [2048, 8192])}}
+    log(f"peak RSS: {res['peak_rss_mb']}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(res, indent=2) + "\n")
+    _plot(res, out / "bench.png")
+    return res
+
+
+def _plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, series in res["train_tokens_per_s"].items():
+        xs = sorted(series, key=int)
+        a.plot([int(x) for x in xs], [series[x] for x in xs], marker="o", label=name)
+    a.set(xscale="log", xlabel="sequence length (tokens)", ylabel="training tokens/s", title="training throughput")
+    a.legend()
+    for name, series in res["generate_ms_per_token"].items():
+        xs = sorted(series, key=int)
+        b.plot([int(x) for x in xs], [series[x] for x in xs], marker="o", label=name)
+    b.set(xscale="log", xlabel="context length (tokens)", ylabel="ms per generated token", title="generation")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure linear scaling, constant-state generation, memory lookups, MFU")
+    p.add_argument("--quick", action="store_true", help="fewer lengths and repetitions")
+    p.add_argument("--out", default="runs/bench")
+    p.add_argument("--seed", type=int, default=0, help="seeds the random inputs and weights")
+    p.set_defaults(func=lambda a: (torch.manual_seed(a.seed), run_bench(a.quick, a.out), 0)[-1])
