@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -122,12 +121,15 @@ def mfu(peak: float, reps: int) -> float:
 
 
 def peak_rss_mb(length: int) -> float:
-    """Run one tiny-preset training step of `length` tokens in a fresh process and read its peak RSS."""
-    code = ("import torch, resource; from rmt.bench import models, train_step; m, _ = models(); "
+    """Run one tiny-preset training step of `length` tokens in a fresh process and read its peak RSS.
+
+    VmHWM, not getrusage: Linux carries ru_maxrss across exec, so a child would report its parent's peak.
+    """
+    code = ("import re, torch; from rmt.bench import models, train_step; m, _ = models(); "
             f"train_step(m, torch.randint(0, 256, (1, {length}))); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+    return int(out.stdout.strip().splitlines()[-1]) / 1024  # kB -> MB
 
 
 def run_bench(quick: bool = False, out: str | Path = "runs/bench", log: Callable[[str], None] = print) -> dict:
