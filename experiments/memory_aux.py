@@ -20,7 +20,7 @@ a = ap.parse_args()
 torch.manual_seed(a.seed)
 tok = ByteTokenizer()
 facts = get_task("facts-synthetic", n_entities=a.entities, n_validation=20, seed=a.seed)
-model = RMT(RMTConfig(think_iters=1, think_iters_min=1))
+model = RMT(RMTConfig(think_iters=1))
 t0 = time.time()
 tr = Trainer(model, tok, {"facts": facts.split("train")}, seed=a.seed, progress=False)
 tr.run_stage(Stage("facts", a.steps, {"facts": 1.0}, lr=3e-3, warmup=30, think_iters_min=1, think_iters_max=1,

@@ -82,9 +82,13 @@ def test_truncated_backprop_only_reaches_the_last_iterations():
     torch.manual_seed(0)
     m = RMT(tiny_config()).train()
     idx = _tokens(b=2, t=12)
-    out = m(idx, think_iters=4, bptt=1)
-    out.logits.sum().backward()
-    assert m.core.adapter.weight.grad.abs().sum() > 0  # the last iteration still trains the shared weights
+    grads = {}
+    for bptt in (1, 4):
+        m.zero_grad()
+        m(idx, think_iters=4, bptt=bptt).logits.square().mean().backward()
+        grads[bptt] = m.core.adapter.weight.grad.clone()
+    assert grads[1].abs().sum() > 0  # the last iteration still trains the shared weights
+    assert not torch.allclose(grads[1], grads[4])  # but not through the earlier iterations
 
 
 def test_recurrence_off_never_calls_the_core(model, monkeypatch):
@@ -141,9 +145,16 @@ def test_generation_cache_size_does_not_grow_with_context(model):
     assert sizes[10] == sizes[1000]
 
 
-def test_generate_stops_at_eos(model):
-    res = model.generate(_tokens(b=2, t=5), 12, eos_id=int(model(_tokens(b=2, t=5)).logits[0, -1].argmax()))
-    assert res.tokens.shape[1] >= 1
+def test_generate_stops_at_eos_and_pads_finished_rows(model):
+    idx = _tokens(b=2, t=5)
+    free = model.generate(idx, 12).tokens
+    eos = int(free[0, 2])  # row 0 produces this token third: make it the end-of-answer marker
+    res = model.generate(idx, 12, eos_id=eos)
+    row0 = res.tokens[0].tolist()
+    first = row0.index(eos)
+    assert first <= 2 and all(t == model.config.pad_id for t in row0[first + 1:])
+    assert torch.equal(res.tokens[:, :first + 1], free[:, :first + 1])
+    assert res.think_iters.shape[0] == 2 and (res.think_iters[0, first:] == 0).all()
 
 
 def test_save_load_gives_identical_logits(model, tmp_path):
@@ -174,7 +185,7 @@ def test_checkpoint_from_another_config_is_reported(model, tmp_path):
 
 @pytest.mark.parametrize("field,value", [
     ("d_model", 0), ("d_model", "wide"), ("think_init", "ones"), ("router_threshold", 1.5),
-    ("mem_topk", 1000), ("think_iters_min", 9), ("ssm_head_dim", 48), ("memory", 1),
+    ("mem_topk", 1000), ("think_iters", -1), ("ssm_head_dim", 48), ("memory", 1),
 ])
 def test_invalid_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):

@@ -174,3 +174,32 @@ def test_tensorboard_events_when_installed(config_file, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--config", str(config_file), "--out", str(out), "--max-steps", "5", "--no-progress"]) == 0
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_shipped_configs_build_their_tasks():
+    """Every task a shipped config names can be built with its settings (seed only where a task has one)."""
+    from rmt.training.run import task_settings
+    from rmt.tasks import get_task
+
+    for path in sorted(Path(__file__).parent.parent.joinpath("configs").glob("**/*.toml")):
+        cfg = RunConfig.from_toml(path)
+        for name in sorted({t for s in cfg.stages for t in s.tasks}):
+            if name == "arithmetic":
+                continue  # 100k+ problems: built in the demo and the other tests
+            assert get_task(name, **task_settings(cfg, name)).split("train"), (path, name)
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (("[tasks.arithmetic]", "[tasks.arithmetc]"), "arithmetc"),
+    (('frozen = ["router"]', 'frozen = ["ruoter"]'), "ruoter"),
+    (("seed = 3", 'seed = "x"'), "seed"),
+])
+def test_more_config_mistakes_are_caught_up_front(config_file, edit, needle):
+    config_file.write_text(CONFIG.replace(*edit, 1))
+    with pytest.raises(ConfigError, match=needle):
+        RunConfig.from_toml(config_file)
+
+
+def test_resume_refuses_flags_it_would_ignore(config_file, tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path), "--seed", "4"]) == 2
+    assert "drop --seed" in capsys.readouterr().err

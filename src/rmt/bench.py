@@ -48,8 +48,8 @@ def matmul_peak_gflops(reps: int) -> float:
     return 2 * 2048**3 / timed(lambda: a @ b, reps, warmup=2) / 1e9
 
 
-def models() -> tuple[RMT, GPT]:
-    torch.manual_seed(0)
+def models(seed: int = 0) -> tuple[RMT, GPT]:
+    torch.manual_seed(seed)
     rmt = RMT(preset("tiny"))
     # A GPT of about the same parameter count as RMT without its memory table (position table excluded).
     gpt = GPT(GPTConfig(n_layer=6, n_head=4, d_model=128, max_len=16384))
@@ -72,6 +72,7 @@ def generate_ms(model, ctx: int, n: int = 32) -> tuple[float, int]:
     tok = torch.tensor([65])
     if isinstance(model, RMT):
         _, _, cache = model.prefill(idx)
+        state_bytes = cache.nbytes()
 
         def decode():
             c = cache
@@ -79,7 +80,7 @@ def generate_ms(model, ctx: int, n: int = 32) -> tuple[float, int]:
                 _, _, c = model.step(tok, c)
             return c
         ms = timed(decode, 3) / n * 1e3
-        return ms, decode().nbytes()
+        return ms, state_bytes
     logits, cache = model(idx)
 
     def decode_gpt():
@@ -111,13 +112,14 @@ def explicit_ms_per_query(entries: int, reps: int) -> float:
 
 
 def mfu(peak: float, reps: int) -> float:
-    torch.manual_seed(0)
+    """6 x (active parameters, with the core's counted once per iteration) x tokens, per second, over peak."""
     cfg = preset("small", think_iters=2)
     model = RMT(cfg)
     idx = torch.randint(0, 256, (1, 2048))
     sec = timed(lambda: train_step(model, idx), reps)
-    flops = 6 * count_params(cfg)["active_per_token"] * 2048
-    return flops / sec / 1e9 / peak
+    core = sum(p.numel() for p in model.core.parameters())
+    per_token = count_params(cfg)["active_per_token"] + (cfg.think_iters - 1) * core
+    return 6 * per_token * 2048 / sec / 1e9 / peak
 
 
 def peak_rss_mb(length: int) -> float:
@@ -132,15 +134,16 @@ def peak_rss_mb(length: int) -> float:
     return int(out.stdout.strip().splitlines()[-1]) / 1024  # kB -> MB
 
 
-def run_bench(quick: bool = False, out: str | Path = "runs/bench", log: Callable[[str], None] = print) -> dict:
-    torch.manual_seed(0)
+def run_bench(quick: bool = False, out: str | Path = "runs/bench", seed: int = 0,
+              log: Callable[[str], None] = print) -> dict:
+    torch.manual_seed(seed)
     reps = 2 if quick else 5
     lengths = [512, 2048] if quick else [512, 2048, 8192, 16384]
     contexts = [128, 2048] if quick else [128, 2048, 8192]
     res: dict = {"quick": quick, "threads": torch.get_num_threads(), "torch": torch.__version__}
     res["matmul_peak_gflops"] = peak = matmul_peak_gflops(reps)
     log(f"fp32 GEMM peak: {peak:.1f} GFLOP/s")
-    rmt, gpt = models()
+    rmt, gpt = models(seed)
     res["params"] = {"rmt": rmt.num_params(), "rmt_without_memory_values": rmt.num_params(True),
                      "transformer": gpt.num_params(), "transformer_without_positions": gpt.num_params()
                      - gpt.pos.weight.numel()}
@@ -202,4 +205,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="fewer lengths and repetitions")
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--seed", type=int, default=0, help="seeds the random inputs and weights")
-    p.set_defaults(func=lambda a: (torch.manual_seed(a.seed), run_bench(a.quick, a.out), 0)[-1])
+    p.set_defaults(func=lambda a: (run_bench(a.quick, a.out, a.seed), 0)[-1])

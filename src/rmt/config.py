@@ -46,9 +46,7 @@ class RMTConfig:
     explicit_memory: bool = True
     explicit_d_key: int = 64
     # Thinking core: K iterations of shared-weight layers.
-    think_iters: int = 4  # K at inference (and the largest K sampled in training)
-    think_iters_min: int = 1  # smallest K sampled in training
-    think_bptt: int = 2  # gradients flow through only the last this-many iterations
+    think_iters: int = 4  # K at inference (training samples K per batch from its stage's range)
     think_init: str = "zero"  # initial core state: "zero" or "random"
     # Router over {memory, think, both}.
     router_threshold: float = 0.5  # at inference a token with p(think) + p(both) below this skips the core
@@ -69,12 +67,11 @@ class RMTConfig:
             if not ok:
                 raise ConfigError(f"RMTConfig.{f.name}: expected {f.type}, got {value!r} ({type(value).__name__})")
         positive = ["vocab_size", "d_model", "n_core", "mlp_mult", "ssm_expand", "ssm_head_dim", "ssm_d_state",
-                    "ssm_conv", "ssm_chunk", "mem_n_keys", "mem_heads", "mem_topk", "mem_d_key", "explicit_d_key",
-                    "think_bptt"]
+                    "ssm_conv", "ssm_chunk", "mem_n_keys", "mem_heads", "mem_topk", "mem_d_key", "explicit_d_key"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"RMTConfig.{name}: expected a positive integer, got {getattr(self, name)}")
-        for name in ["n_prelude", "n_coda", "think_iters", "think_iters_min"]:
+        for name in ["n_prelude", "n_coda", "think_iters"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"RMTConfig.{name}: expected an integer >= 0, got {getattr(self, name)}")
         if not 0 <= self.pad_id < self.vocab_size:
@@ -86,9 +83,6 @@ class RMTConfig:
             raise ConfigError(f"RMTConfig.mem_d_key: expected an even number (two product halves), got {self.mem_d_key}")
         if self.mem_topk > self.mem_n_keys:
             raise ConfigError(f"RMTConfig.mem_topk: expected <= mem_n_keys={self.mem_n_keys}, got {self.mem_topk}")
-        if self.think_iters_min > self.think_iters:
-            raise ConfigError(f"RMTConfig.think_iters_min: expected <= think_iters={self.think_iters}, "
-                              f"got {self.think_iters_min}")
         if self.think_init not in ("zero", "random"):
             raise ConfigError(f"RMTConfig.think_init: expected 'zero' or 'random', got {self.think_init!r}")
         if not 0.0 < self.router_threshold < 1.0:

@@ -46,7 +46,7 @@ def demo_plan(quick: bool = False, steps_mult: float = 1.0) -> DemoPlan:
     README for what 4x and more reach).
     """
     model = RMTConfig(d_model=128, n_prelude=2, n_core=1, n_coda=1, mem_n_keys=64, mem_heads=2, mem_topk=8,
-                      think_iters=4, think_iters_min=1, think_bptt=2)
+                      think_iters=4)
     scale = (0.12 if quick else 1.0) * steps_mult
 
     def n(steps: int) -> int:

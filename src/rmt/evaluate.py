@@ -49,8 +49,12 @@ def evaluate_qa(model: RMT, examples: list[Example], tok: Tokenizer, *, batch_si
         idx = torch.tensor([encoded[i] for i in rows], dtype=torch.long, device=next(model.parameters()).device)
         res = model.generate(idx, max_new_tokens, eos_id=tok.eos_id, **forward_kwargs)
         prompt_iters = res.prompt_think_iters
-        iters_sum += float(prompt_iters.sum()) + sum(res.think_iters) * len(rows)
-        iters_n += prompt_iters.numel() + len(res.think_iters) * len(rows)
+        # Thinking per token over the tokens each row actually read: its prompt and the steps it decoded
+        # (a step reads the previous generated token; rows that ended do not step).
+        fed = res.tokens[:, : res.think_iters.shape[1]]
+        stepped = (fed != tok.pad_id) & (fed != tok.eos_id)
+        iters_sum += float(prompt_iters.sum()) + float(res.think_iters[stepped].sum())
+        iters_n += prompt_iters.numel() + int(stepped.sum())
         for r, i in enumerate(rows):
             ids = res.tokens[r].tolist()
             if tok.eos_id in ids:

@@ -13,7 +13,7 @@ memory, ``think_iters=0`` never calls the core, ``router="memory"|"think"|"both"
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,7 @@ class Cache:
 class GenerationResult:
     tokens: Tensor  # (B, n) generated ids (pad after a sequence's end-of-answer)
     prompt_think_iters: Tensor  # (B, T) thinking iterations each prompt token ran
-    think_iters: list[float] = field(default_factory=list)  # mean thinking iterations of each generated step
+    think_iters: Tensor  # (B, n) thinking iterations each generated token's step ran (0 after a row ended)
 
 
 class RMT(nn.Module):
@@ -197,7 +197,7 @@ class RMT(nn.Module):
         e, _ = self._memory_branch(h, routing, memory, explicit_bank)
         used = torch.zeros(idx.shape, device=idx.device)
         x = e
-        if K > 0:
+        if K > 0 and bool(routing.think_mask.any()):  # otherwise the core's empty states are already exact
             s, used, cache.core = self.core(e, routing.w_think, K, exit_rule=exit_rule, keep_states=True,
                                             readout=lambda st: self._head(e + st))
             x = e + s
@@ -215,18 +215,19 @@ class RMT(nn.Module):
         logits, prompt_iters, cache = self.prefill(idx, think_iters=think_iters, explicit_bank=explicit_bank, **kw)
         out, iters = [], []
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             nxt = logits.argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, self.config.pad_id), nxt)
             out.append(nxt)
             if eos_id is not None:
                 done = done | (nxt == eos_id)
-            if bool(done.all()):
+            if bool(done.all()) or i + 1 == max_new_tokens:  # the last token needs no further step
                 break
             logits, used, cache = self.step(nxt, cache, **kw)
-            iters.append(float(used[~done].mean()) if bool((~done).any()) else 0.0)
+            iters.append(torch.where(done, torch.zeros_like(used), used))
         tokens = torch.stack(out, dim=1) if out else idx.new_zeros(idx.shape[0], 0)
-        return GenerationResult(tokens, prompt_iters, iters)
+        think = torch.stack(iters, dim=1) if iters else torch.zeros(idx.shape[0], 0, device=idx.device)
+        return GenerationResult(tokens, prompt_iters, think)
 
     # ------------------------------------------------------------------------------------- explicit memory
     def new_memory_bank(self) -> ExplicitMemoryBank:

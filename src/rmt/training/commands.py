@@ -37,12 +37,15 @@ def _fail(msg: str) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rmt.training.run import RunConfig, apply_override, load_run_config, train
+    from rmt.training.run import RunConfig, load_run_config, train
+    from rmt.training.trainer import NonFiniteLoss
 
     try:
         if args.resume:
-            if args.config:
-                return _fail("--resume continues the run folder's own config; drop --config")
+            extra = [f for f, v in (("--config", args.config), ("--set", args.set), ("--seed", args.seed),
+                                    ("--out", args.out)) if v]
+            if extra:
+                return _fail(f"--resume continues the run folder's own config and folder; drop {', '.join(extra)}")
             cfg = load_run_config(args.resume)
             out = Path(args.resume)
         else:
@@ -54,7 +57,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.max_steps is not None and args.max_steps < 1:
             return _fail(f"--max-steps: expected >= 1, got {args.max_steps}")
         train(cfg, out, resume=bool(args.resume), max_steps=args.max_steps, progress=not args.no_progress)
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, NonFiniteLoss, ValueError) as e:
         return _fail(str(e))
     print(f"run folder: {out} (last checkpoint: {out / 'checkpoints' / 'latest'})")
     return 0

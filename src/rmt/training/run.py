@@ -40,6 +40,7 @@ from rmt.tasks import TASKS, get_task
 from rmt.tokenizer import ByteTokenizer
 from rmt.training.curriculum import Stage
 from rmt.training import distributed
+from rmt.training.batches import filter_examples
 from rmt.training.trainer import Trainer
 
 
@@ -57,6 +58,10 @@ class RunConfig:
     preset: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed: expected an integer, got {self.seed!r}")
+        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError(f"device: expected 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.parallel not in ("ddp", "fsdp"):
             raise ConfigError(f"parallel: expected 'ddp' or 'fsdp', got {self.parallel!r}")
         if not self.stages:
@@ -87,10 +92,22 @@ class RunConfig:
             except ConfigError as e:
                 raise ConfigError(f"{source} stages[{i}]: {e}") from None
         tasks = raw.pop("tasks", {})
+        for name in tasks:
+            if name not in TASKS:
+                raise ConfigError(f"{source} [tasks.{name}]: unknown task; known tasks: {sorted(TASKS)}")
+        with torch.device("meta"):  # parameter names only, to check `frozen` prefixes
+            names = [n for n, _ in RMT(model).named_parameters()]
         for i, stage in enumerate(stages):
             for t in stage.tasks:
                 if t not in TASKS:
                     raise ConfigError(f"{source} stages[{i}].tasks: unknown task {t!r}; known tasks: {sorted(TASKS)}")
+            for t in stage.filters:
+                if t not in stage.tasks:
+                    raise ConfigError(f"{source} stages[{i}].filters: {t!r} is not one of the stage's tasks")
+            for prefix in stage.frozen:
+                if not any(n.startswith(prefix) for n in names):
+                    raise ConfigError(f"{source} stages[{i}].frozen: {prefix!r} matches no parameter "
+                                      f"(top-level modules: {sorted({n.split('.')[0] for n in names})})")
         return cls(model=model, stages=stages, tasks=tasks, preset=name, **raw)
 
     @classmethod
@@ -168,6 +185,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
           progress: bool = True) -> RMT:
     """Run (or continue) the configured curriculum, writing checkpoints and metrics under `out`."""
     out = Path(out)
+    pools = build_pools(cfg)  # before anything is written: a bad task setting loses nothing
     rank, world, device = distributed.init_from_env(cfg.device)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -192,16 +210,11 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
     if rank == 0:
         (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
-    names = sorted({t for s in cfg.stages for t in s.tasks})
-    pools = {}
-    for name in names:
-        overrides = {"seed": cfg.seed, **cfg.tasks.get(name, {})}
-        try:
-            pools[name] = get_task(name, **overrides).split("train")
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"tasks.{name}: {e}") from None
-
     metrics = out / "metrics.jsonl"
+    if state is not None and rank == 0 and metrics.is_file():
+        # Rows logged after the checkpoint were lost work; the resumed run logs those steps again.
+        keep = [l for l in metrics.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= state["global_step"]]
+        metrics.write_text("".join(l + "\n" for l in keep))
     tb = _tensorboard(out / "tensorboard") if rank == 0 else None
 
     def log(m: dict) -> None:
@@ -230,6 +243,29 @@ def _tensorboard(directory: Path):
     except ImportError:
         return None
     return SummaryWriter(str(directory))
+
+
+def task_settings(cfg: RunConfig, name: str) -> dict[str, Any]:
+    """A task's settings: the run's seed (for tasks that take one) under the config's own overrides."""
+    seeded = "seed" in {f.name for f in fields(TASKS[name].Config)}
+    return {**({"seed": cfg.seed} if seeded else {}), **cfg.tasks.get(name, {})}
+
+
+def build_pools(cfg: RunConfig) -> dict[str, list]:
+    """The training examples of every task a stage names; checks every stage's filters keep something."""
+    pools = {}
+    for name in sorted({t for s in cfg.stages for t in s.tasks}):
+        try:
+            pools[name] = get_task(name, **task_settings(cfg, name)).split("train")
+        except (TypeError, ValueError, FileNotFoundError) as e:
+            raise ConfigError(f"tasks.{name}: {e}") from None
+    for i, stage in enumerate(cfg.stages):
+        for name, flt in stage.filters.items():
+            try:
+                filter_examples(pools[name], flt)
+            except ValueError as e:
+                raise ConfigError(f"stages[{i}].filters.{name}: {e}") from None
+    return pools
 
 
 def load_run_config(out: str | Path) -> RunConfig:

@@ -130,6 +130,8 @@ class Trainer:
         for step in bar:
             if self.max_steps is not None and self.global_step >= self.max_steps:
                 bar.close()
+                for p in model.parameters():
+                    p.requires_grad_(True)
                 return False
             lr = lr_at(step, stage)
             for g in opt.param_groups:
@@ -146,7 +148,10 @@ class Trainer:
                 # DDP averages gradients over processes; scaling by world makes that a global token mean.
                 n_targets = distributed.all_reduce_sum((y != -100).sum().float()) / self.world
             loss, lm = loss_fn(out, y, stage.router_cost, stage.memory_aux, n_targets)
-            if not torch.isfinite(loss):
+            finite = torch.isfinite(loss.detach()).float().reshape(1)
+            if self.world > 1:  # every process must skip together, or their collectives would pair up wrongly
+                finite = (distributed.all_reduce_sum(finite) == self.world).float()
+            if not bool(finite):
                 bad += 1
                 acc["skipped_nonfinite"].append(1.0)
                 if bad >= self.max_bad_steps:
