@@ -112,6 +112,16 @@ def test_max_steps_then_resume_and_metrics(config_file, tmp_path):
     assert (out / "training.png").stat().st_size > 1000
 
 
+def test_validation_loss_is_logged_with_training_seconds(config_file, tmp_path):
+    config_file.write_text("eval_every = 4\neval_rows = 16\n" + CONFIG)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config_file), "--out", str(out), "--max-steps", "8", "--no-progress"]) == 0
+    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    assert all(r["val_loss"] > 0 and r["val_task"] == "arithmetic" for r in evals)
+    assert 0 < evals[0]["elapsed_s"] < evals[1]["elapsed_s"]
+
+
 def test_corrupt_checkpoint_is_reported_and_nothing_is_lost(config_file, tmp_path, capsys):
     out = tmp_path / "run"
     main(["train", "--config", str(config_file), "--out", str(out), "--max-steps", "10", "--no-progress"])

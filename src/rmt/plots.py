@@ -17,8 +17,11 @@ def plot_training(history: list[dict], path: str | Path, title: str = "training 
     for key in sorted({k for m in history for k in m if k.startswith("loss/")}):
         pts = [(m["step"], m[key]) for m in history if key in m]
         ax.plot(*zip(*pts), label=key.removeprefix("loss/"))
+    val = [(m["step"], m["val_loss"]) for m in history if "val_loss" in m]
+    if val:
+        ax.plot(*zip(*val), "k--", marker=".", label="validation")
     for m in history:
-        if m["step"] == min(h["step"] for h in history if h["stage"] == m["stage"]):
+        if "loss" in m and m["step"] == min(h["step"] for h in history if h["stage"] == m["stage"]):
             ax.axvline(m["step"], color="grey", lw=0.5)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (answer tokens / text)")

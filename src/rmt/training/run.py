@@ -40,7 +40,7 @@ from rmt.tasks import TASKS, get_task
 from rmt.tokenizer import ByteTokenizer
 from rmt.training.curriculum import Stage
 from rmt.training import distributed
-from rmt.training.batches import filter_examples
+from rmt.training.batches import collate, encode_example, filter_examples
 from rmt.training.trainer import Trainer
 
 
@@ -55,6 +55,9 @@ class RunConfig:
     keep_checkpoints: int = 3
     device: str = "cpu"
     parallel: str = "ddp"  # with several processes: "ddp" (replicated) or "fsdp" (FSDP2, sharded)
+    eval_every: int = 0  # optimizer steps between validation losses (0 = none)
+    eval_task: str = ""  # the task whose validation split is scored (default: the last stage's first task)
+    eval_rows: int = 512  # validation examples scored each time (the first ones, the same every time)
     preset: str | None = None
 
     def __post_init__(self) -> None:
@@ -62,6 +65,8 @@ class RunConfig:
             raise ConfigError(f"seed: expected an integer, got {self.seed!r}")
         if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ConfigError(f"device: expected 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.eval_task and self.eval_task not in TASKS:
+            raise ConfigError(f"eval_task: unknown task {self.eval_task!r}; known tasks: {sorted(TASKS)}")
         if self.parallel not in ("ddp", "fsdp"):
             raise ConfigError(f"parallel: expected 'ddp' or 'fsdp', got {self.parallel!r}")
         if not self.stages:
@@ -126,7 +131,8 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "stages": [vars(s) for s in self.stages], "tasks": self.tasks,
                 "seed": self.seed, "log_every": self.log_every, "checkpoint_every": self.checkpoint_every,
-                "keep_checkpoints": self.keep_checkpoints, "device": self.device, "parallel": self.parallel}
+                "keep_checkpoints": self.keep_checkpoints, "device": self.device, "parallel": self.parallel,
+                "eval_every": self.eval_every, "eval_task": self.eval_task, "eval_rows": self.eval_rows}
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -226,7 +232,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
                     tb.add_scalar(k, v, m["step"])
             tb.flush()
 
-    trainer = Trainer(model, tok, pools, seed=cfg.seed, on_metrics=log, progress=progress and rank == 0,
+    evaluate = validation_loss_fn(cfg, tok) if cfg.eval_every else None
+    trainer = Trainer(model, tok, pools, evaluate=evaluate, eval_every=cfg.eval_every, seed=cfg.seed, on_metrics=log, progress=progress and rank == 0,
                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, max_steps=max_steps,
                       on_checkpoint=lambda tr, st: _save(out, model, tok, st, cfg.keep_checkpoints))
     try:
@@ -266,6 +273,30 @@ def build_pools(cfg: RunConfig) -> dict[str, list]:
             except ValueError as e:
                 raise ConfigError(f"stages[{i}].filters.{name}: {e}") from None
     return pools
+
+
+def validation_loss_fn(cfg: RunConfig, tok, batch_size: int = 64):
+    """-> model -> {"val_loss": mean cross-entropy over the scored tokens of a fixed validation subset},
+    computed the way the model is used: eval mode, inference-time routing, the config's K."""
+    name = cfg.eval_task or next(iter(cfg.stages[-1].tasks))
+    examples = get_task(name, **task_settings(cfg, name)).split("validation")[: cfg.eval_rows]
+    encoded = [encode_example(ex, tok) for ex in examples]
+
+    @torch.no_grad()
+    def evaluate(model: RMT) -> dict:
+        model.eval()
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for i in range(0, len(encoded), batch_size):
+            x, y = collate(encoded[i:i + batch_size], tok.pad_id)
+            x, y = x.to(device), y.to(device)
+            logits = model(x).logits
+            total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(),
+                                                             ignore_index=-100, reduction="sum"))
+            count += int((y != -100).sum())
+        return {"val_loss": total / max(count, 1), "val_task": name}
+
+    return evaluate
 
 
 def load_run_config(out: str | Path) -> RunConfig:

@@ -65,11 +65,14 @@ class Trainer:
     def __init__(self, model: RMT, tokenizer: Tokenizer, pools: dict[str, list[Example]], seed: int = 0,
                  on_metrics: Callable[[dict], None] | None = None, progress: bool = True, log_every: int = 25,
                  max_bad_steps: int = 5, checkpoint_every: int = 0,
-                 on_checkpoint: Callable[["Trainer", dict], None] | None = None, max_steps: int | None = None):
+                 on_checkpoint: Callable[["Trainer", dict], None] | None = None, max_steps: int | None = None,
+                 evaluate: Callable[[RMT], dict] | None = None, eval_every: int = 0):
         self.model, self.tok, self.pools, self.seed = model, tokenizer, pools, seed
         self.on_metrics = on_metrics or (lambda m: None)
         self.progress, self.log_every, self.max_bad_steps = progress, log_every, max_bad_steps
         self.checkpoint_every, self.on_checkpoint, self.max_steps = checkpoint_every, on_checkpoint, max_steps
+        self.evaluate, self.eval_every = evaluate, eval_every
+        self.train_seconds = 0.0  # optimizer-step wall time only (no evaluation, no checkpoint writing)
         self.device = next(model.parameters()).device
         self.rank, self.world = distributed.world()
         self.global_step = 0
@@ -128,6 +131,7 @@ class Trainer:
         acc: dict[str, list[float]] = defaultdict(list)
         tokens, t0, bad = 0, time.perf_counter(), 0
         for step in bar:
+            step_t0 = time.perf_counter()
             if self.max_steps is not None and self.global_step >= self.max_steps:
                 bar.close()
                 for p in model.parameters():
@@ -181,6 +185,7 @@ class Trainer:
                     if mask.any():
                         acc[f"loss/{n}"].append(float(per_tok[rows][mask].mean()))
             self.global_step += 1
+            self.train_seconds += time.perf_counter() - step_t0
             done = step + 1 == stage.steps
             capped = self.max_steps is not None and self.global_step >= self.max_steps
             if self.global_step % self.log_every == 0 or done or capped:
@@ -195,6 +200,12 @@ class Trainer:
                     self.on_metrics(m)
                 bar.set_postfix(loss=f"{m['loss']:.3f}", think=f"{m['think_iters']:.2f}",
                                 tok_s=f"{m['tokens_per_s']:.0f}")
+            if self.evaluate and self.eval_every and self.global_step % self.eval_every == 0 and self.rank == 0:
+                ev = {"step": self.global_step, "stage": stage.name, "elapsed_s": self.train_seconds,
+                      **self.evaluate(model)}
+                model.train()
+                self.history.append(ev)
+                self.on_metrics(ev)
             if self.on_checkpoint and ((self.checkpoint_every and self.global_step % self.checkpoint_every == 0)
                                        or done or capped):
                 # At a stage's end the saved position is the start of the next stage.
