@@ -190,8 +190,9 @@ class Trainer:
             capped = self.max_steps is not None and self.global_step >= self.max_steps
             if self.global_step % self.log_every == 0 or done or capped:
                 elapsed = time.perf_counter() - t0
+                # elapsed_s: optimizer-step wall seconds since the run started (the same clock as val_loss rows)
                 m = {"step": self.global_step, "stage": stage.name, "lr": lr,
-                     "tokens_per_s": tokens / max(elapsed, 1e-9), "elapsed_s": elapsed}
+                     "tokens_per_s": tokens / max(elapsed, 1e-9), "elapsed_s": self.train_seconds}
                 m.update({k: sum(v) / len(v) for k, v in acc.items() if k != "skipped_nonfinite"})
                 m["skipped_nonfinite"] = len(acc.get("skipped_nonfinite", []))
                 acc.clear()
