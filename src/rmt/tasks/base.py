@@ -40,6 +40,9 @@ class Example:
     cot: str | None = None
     # Other accepted answers (TriviaQA). `target` is always accepted as well.
     aliases: tuple[str, ...] = ()
+    # False for a window cut out of a running text (the `text` task): it has no end, so no end-of-sample
+    # newline is added — the model would otherwise learn to predict a newline the text does not contain.
+    terminated: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -54,7 +57,7 @@ class Example:
         then the end-of-sample newline. Examples without a `cot` fall back to the target, so a CoT run can mix tasks.
         """
         answer = self.cot if cot and self.cot is not None else self.target
-        return self.prompt + answer + END_OF_SAMPLE
+        return self.prompt + answer + (END_OF_SAMPLE if self.terminated else "")
 
 
 class Task(ABC):

@@ -60,7 +60,7 @@ class TextCorpus(Task):
         def chunks(split: str) -> list[Example]:
             text = self.corpus(split)
             return [
-                Example(prompt="", target=text[i : i + n], kind="text", meta={"offset": i})
+                Example(prompt="", target=text[i : i + n], kind="text", meta={"offset": i}, terminated=False)
                 for i in range(0, len(text), n)
             ]
 
