@@ -91,11 +91,15 @@ def test_truncated_backprop_only_reaches_the_last_iterations():
     assert not torch.allclose(grads[1], grads[4])  # but not through the earlier iterations
 
 
-def test_recurrence_off_never_calls_the_core(model, monkeypatch):
+def _forbid(monkeypatch, what: str, *targets: tuple[object, str]) -> None:
     def boom(*a, **k):
-        raise AssertionError("thinking core was called")
-    monkeypatch.setattr(model.core, "forward", boom)
-    monkeypatch.setattr(model.core, "step", boom)
+        raise AssertionError(f"{what} was called")
+    for obj, name in targets:
+        monkeypatch.setattr(obj, name, boom)
+
+
+def test_recurrence_off_never_calls_the_core(model, monkeypatch):
+    _forbid(monkeypatch, "thinking core", (model.core, "forward"), (model.core, "step"))
     idx = _tokens()
     model(idx, think_iters=0)
     model.generate(idx, 5, think_iters=0)
@@ -103,10 +107,7 @@ def test_recurrence_off_never_calls_the_core(model, monkeypatch):
 
 
 def test_memory_off_never_reads_memory(model, monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("memory was read")
-    monkeypatch.setattr(model.memory, "forward", boom)
-    monkeypatch.setattr(model.explicit, "forward", boom)
+    _forbid(monkeypatch, "memory", (model.memory, "forward"), (model.explicit, "forward"))
     idx = _tokens()
     bank = model.new_memory_bank()
     model(idx, memory=False, explicit_bank=bank)

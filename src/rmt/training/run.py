@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from rmt.checkpoint import CheckpointError, load_model, load_training_state, save_model, save_training_state
 from rmt.config import ConfigError, RMTConfig
 from rmt.model import RMT
-from rmt.presets import PRESETS, preset
+from rmt.presets import preset
 from rmt.tasks import TASKS, get_task
 from rmt.tokenizer import ByteTokenizer
 from rmt.training.curriculum import Stage
@@ -304,7 +304,3 @@ def load_run_config(out: str | Path) -> RunConfig:
     if not path.is_file():
         raise ConfigError(f"{out}: not a run folder (run_config.json is missing)")
     return RunConfig.from_dict(json.loads(path.read_text()), source=str(path))
-
-
-def known_presets() -> list[str]:
-    return list(PRESETS)
