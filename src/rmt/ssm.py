@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmt.scan import scan_chunked, scan_step
+from rmt.kernels import ssd_scan
+from rmt.scan import scan_step
 
 
 class RMSNorm(nn.Module):
@@ -110,17 +111,20 @@ class SelectiveSSM(nn.Module):
             xbc_in = xbc
             conv_out = self.conv(xbc.transpose(1, 2))[..., :t]
         xbc_act = F.silu(conv_out.transpose(1, 2))
-        x, dt_, a, Bm, Cm = self._scan_inputs(xbc_act, dt, gate)
-        Bh = Bm.unsqueeze(2).expand(b, t, self.n_heads, self.d_state)
-        Ch = Cm.unsqueeze(2).expand(b, t, self.n_heads, self.d_state)
-        y, s = scan_chunked(x * dt_.unsqueeze(-1).to(x.dtype), a, Bh, Ch,
-                            None if state is None else state.ssm, chunk=self.chunk)
+        x, dt_, _, Bm, Cm = self._scan_inputs(xbc_act, dt, gate)
+        # B and C are one group shared by all heads: (B, T, 1, N). ssd_scan runs rmt.scan.scan_chunked on the
+        # CPU and, on CUDA with mamba-ssm installed, its Triton kernel (rmt.kernels; RMT_KERNELS=off disables).
+        y, s = ssd_scan(x, dt_, -torch.exp(self.A_log.float()), Bm.unsqueeze(2), Cm.unsqueeze(2),
+                        None if state is None else state.ssm, chunk=self.chunk)
         out = self._out(y, x, z)
         if not return_state:
             return out
         w = self.conv_width - 1
         window = F.pad(xbc_in, (0, 0, max(w - xbc_in.shape[1], 0), 0))[:, xbc_in.shape[1] + max(w - xbc_in.shape[1], 0) - w:]
-        return out, MixerState(ssm=s, conv=window.transpose(1, 2).contiguous())
+        # clone, not contiguous(): the window is a view of this call's (B, T, conv_dim) activations, and for an
+        # empty window (conv_width = 1, the thinking core) contiguous() returns that view itself, so the
+        # decoding state would keep the whole prompt's activations alive (O(T) memory in an O(1) state).
+        return out, MixerState(ssm=s, conv=window.transpose(1, 2).clone(memory_format=torch.contiguous_format))
 
     def empty_state(self, batch: int, device=None, dtype=torch.float32) -> MixerState:
         return MixerState(ssm=torch.zeros(batch, self.n_heads, self.head_dim, self.d_state, device=device),
