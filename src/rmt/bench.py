@@ -4,7 +4,8 @@ Every figure is the median of several repetitions after a warm-up, on this machi
 
 - matmul_peak_gflops: fp32 GEMM of 2048² matrices (the ceiling MFU is measured against);
 - train_tokens_per_s: one training step (forward + backward) of a single sequence of each length;
-- generate_ms_per_token / generate_state_bytes: decoding after a context of each length;
+- generate_ms_per_token / generate_state_bytes: decoding after a context of each length, the contexts
+  timed interleaved (see ``generate_costs``); state bytes are the memory the decoding state holds alive;
 - memory_lookup_ms: 4,096 product-key queries against banks of each size; explicit_per_query: the cost of
   one linear-attention read against a bank with that many entries written;
 - mfu: achieved FLOP/s of an RMT training step at the `small` preset and 2,048 tokens over the GEMM peak
@@ -66,31 +67,77 @@ def train_step(model, idx: torch.Tensor) -> None:
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten()).backward()
 
 
+def held_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of memory the tensors keep alive: each distinct storage once, whole.
+
+    Not numel x element size: a view pins its whole base storage, so a "constant-size" state made of views
+    into a prompt's activations would hold O(context) memory while its numel stayed constant.
+    """
+    storages = {}
+    for t in tensors:
+        st = t.untyped_storage()
+        storages[(t.device, st.data_ptr())] = st.nbytes()
+    return sum(storages.values())
+
+
 @torch.no_grad()
-def generate_ms(model, ctx: int, n: int = 32) -> tuple[float, int]:
+def _decoder(model, ctx: int, n: int) -> tuple[Callable[[], float], int]:
+    """Prefill a random context of ctx tokens -> (decode, state bytes).
+
+    decode() runs n steps of one fixed token from that same cache (so every call does the same work) and
+    returns the thinking-core iterations RMT ran over them (0 for the transformer): the router decides per
+    token, so a context that sent more tokens to thinking would cost more for a real reason, reported apart.
+    """
     idx = torch.randint(0, 256, (1, ctx))
     tok = torch.tensor([65])
     if isinstance(model, RMT):
         _, _, cache = model.prefill(idx)
-        state_bytes = cache.nbytes()
 
-        def decode():
-            c = cache
+        def decode() -> float:
+            c, iters = cache, 0.0
             for _ in range(n):
-                _, _, c = model.step(tok, c)
-            return c
-        ms = timed(decode, 3) / n * 1e3
-        return ms, state_bytes
-    logits, cache = model(idx)
+                _, used, c = model.step(tok, c)
+                iters += float(used.sum())
+            return iters
+        return decode, held_bytes(cache.tensors())
+    _, cache = model(idx)
 
-    def decode_gpt():
+    def decode_gpt() -> float:
         c, pos = cache, ctx
         for _ in range(n):
             _, c = model(tok[None], c, pos)
             pos += 1
-        return c
-    ms = timed(decode_gpt, 3) / n * 1e3
-    return ms, GPT.cache_bytes(cache)
+        return 0.0
+    return decode_gpt, GPT.cache_bytes(cache)
+
+
+@torch.no_grad()
+def generate_ms(model, ctx: int, n: int = 32) -> tuple[float, int]:
+    """ms per decoded token after a context of ctx tokens (median of 3 runs of n tokens), state bytes."""
+    decode, state_bytes = _decoder(model, ctx, n)
+    return timed(decode, 3) / n * 1e3, state_bytes
+
+
+@torch.no_grad()
+def generate_costs(model, contexts: list[int], n: int = 32, rounds: int = 7) -> dict[int, dict]:
+    """Decoding cost after each context, measured interleaved: ctx -> {ms, ms_rounds, state_bytes, think_iters}.
+
+    All contexts are prefilled first; then each round times one decode of n tokens per context, in an order
+    rotated every round, and ms is the median over rounds. Timing the contexts one after the other instead
+    lets a shared CPU's drifting load (or whatever ran just before) land on one context only; interleaving
+    spreads it over all of them, so their ratio is a comparison within the same moments.
+    think_iters: thinking-core iterations per decoded token (RMT), to show the compared work is the same.
+    """
+    decoders = {ctx: _decoder(model, ctx, n) for ctx in contexts}
+    iters = {ctx: dec() / n for ctx, (dec, _) in decoders.items()}  # also the warm-up run of each
+    ms: dict[int, list[float]] = {ctx: [] for ctx in contexts}
+    for r in range(rounds):
+        for ctx in contexts[r % len(contexts):] + contexts[:r % len(contexts)]:
+            t0 = time.perf_counter()
+            decoders[ctx][0]()
+            ms[ctx].append((time.perf_counter() - t0) / n * 1e3)
+    return {ctx: {"ms": statistics.median(ms[ctx]), "ms_rounds": ms[ctx], "state_bytes": decoders[ctx][1],
+                  "think_iters": iters[ctx]} for ctx in contexts}
 
 
 @torch.no_grad()
@@ -154,14 +201,17 @@ def run_bench(quick: bool = False, out: str | Path = "runs/bench", seed: int = 0
             sec = timed(lambda: train_step(model, idx), max(1, reps // 2 if L >= 8192 else reps))
             res["train_tokens_per_s"][name][str(L)] = L / sec
             log(f"train {name:11s} {L:6d} tokens: {L / sec:9.0f} tokens/s")
-    res["generate_ms_per_token"] = {"rmt": {}, "transformer": {}}
-    res["generate_state_bytes"] = {"rmt": {}, "transformer": {}}
+    gen = {k: {"rmt": {}, "transformer": {}} for k in ("generate_ms_per_token", "generate_ms_per_token_rounds",
+                                                       "generate_state_bytes", "generate_think_iters_per_token")}
     for name, model in (("rmt", rmt.eval()), ("transformer", gpt.eval())):
-        for ctx in contexts:
-            ms, nbytes = generate_ms(model, ctx)
-            res["generate_ms_per_token"][name][str(ctx)] = ms
-            res["generate_state_bytes"][name][str(ctx)] = nbytes
-            log(f"generate {name:11s} after {ctx:5d}: {ms:7.2f} ms/token, state {nbytes:,} bytes")
+        for ctx, c in generate_costs(model, contexts, rounds=3 if quick else 7).items():
+            for key, field in (("generate_ms_per_token", "ms"), ("generate_ms_per_token_rounds", "ms_rounds"),
+                               ("generate_state_bytes", "state_bytes"), ("generate_think_iters_per_token",
+                                                                         "think_iters")):
+                gen[key][name][str(ctx)] = c[field]
+            log(f"generate {name:11s} after {ctx:5d}: {c['ms']:7.2f} ms/token (rounds {min(c['ms_rounds']):.2f}"
+                f"-{max(c['ms_rounds']):.2f}), state {c['state_bytes']:,} bytes, {c['think_iters']:.1f} core iters/token")
+    res.update(gen)
     slots = {"65536": 256, "262144": 512, "1048576": 1024}
     res["memory_lookup_ms"] = {"parametric": {k: lookup_ms(v, reps) for k, v in slots.items()},
                                "explicit_per_query": {str(n): explicit_ms_per_query(n, reps)
