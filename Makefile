@@ -43,7 +43,10 @@ $(STAMP): pyproject.toml
 		$(PIP) install -q --disable-pip-version-check '$(TORCH_CPU)'; \
 	fi
 	@echo "installing rmt (editable) and its dependencies into $(VENV)"
-	@$(PIP) install -q --disable-pip-version-check -e '.[test]'
+	@# The integration extras (hf, eval, faiss) too, so their tests run; pinning torch to the one already in
+	@# $(VENV) stops any of them from swapping it for another build.
+	@$(VENV_PY) -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' > $(VENV)/torch-pin.txt
+	@$(PIP) install -q --disable-pip-version-check -c $(VENV)/torch-pin.txt -e '.[test,hf,eval,faiss]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -221,6 +221,12 @@ def run_bench(quick: bool = False, out: str | Path = "runs/bench", seed: int = 0
     log(f"MFU (small preset, 2,048 tokens): {res['mfu']:.3f}")
     res["peak_rss_mb"] = {"rmt": {str(L): peak_rss_mb(L) for L in ([2048] if quick else [2048, 8192])}}
     log(f"peak RSS: {res['peak_rss_mb']}")
+    # FAISS-backed explicit bank (rmt[faiss]; reported as skipped without it): top-1 agreement with exact search
+    # and build / query cost of a large bank (1,000,000 entries; 20,000 with --quick).
+    from rmt.integrations.faiss_bank import bench_faiss
+
+    res["faiss"] = bench_faiss(quick, seed)
+    log(f"FAISS bank: {json.dumps(res['faiss'])}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(sub)
     training_commands.register(sub)
     task_commands.register(sub)
+    from rmt.integrations import commands as integration_commands  # export, eval, memory (optional extras)
+
+    integration_commands.register(sub)
     return parser
 
 
