@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -212,6 +213,10 @@ def run_bench(quick: bool = False, out: str | Path = "runs/bench", seed: int = 0
             log(f"generate {name:11s} after {ctx:5d}: {c['ms']:7.2f} ms/token (rounds {min(c['ms_rounds']):.2f}"
                 f"-{max(c['ms_rounds']):.2f}), state {c['state_bytes']:,} bytes, {c['think_iters']:.1f} core iters/token")
     res.update(gen)
+    # 1-minute load average over this machine's CPUs while generation was timed: on a shared CPU, other jobs
+    # (and PyTorch's intra-op threads waiting on them) can multiply decoding times, so say how busy it was.
+    res["generate_loadavg_per_cpu"] = os.getloadavg()[0] / (os.cpu_count() or 1)
+    log(f"load average per CPU during generation timing: {res['generate_loadavg_per_cpu']:.2f}")
     slots = {"65536": 256, "262144": 512, "1048576": 1024}
     res["memory_lookup_ms"] = {"parametric": {k: lookup_ms(v, reps) for k, v in slots.items()},
                                "explicit_per_query": {str(n): explicit_ms_per_query(n, reps)
