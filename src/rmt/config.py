@@ -45,6 +45,16 @@ class RMTConfig:
     # Explicit (run-time) memory bank read by linear attention.
     explicit_memory: bool = True
     explicit_d_key: int = 64
+    explicit_read: str = "linear"  # "linear" (fixed-size state, cost independent of entries) or "softmax" (exact,
+    explicit_heads: int = 1  #       O(entries) per query; sharp enough to pick one object out of an image's patches)
+    # Image encoder (R8): a conv patch encoder whose patch embeddings are written into the explicit bank.
+    vision: bool = False
+    vision_image_size: int = 75
+    vision_patch: int = 5  # pixels per patch side: (image_size / patch)^2 bank entries per image
+    vision_channels: int = 32
+    # The thinking core reads the explicit bank again at every iteration, with a query from its own state
+    # (a second hop: e.g. from "where is the red object" to "what is next to that place").
+    core_reads_memory: bool = False
     # Thinking core: K iterations of shared-weight layers.
     think_iters: int = 4  # K at inference (training samples K per batch from its stage's range)
     think_init: str = "zero"  # initial core state: "zero" or "random"
@@ -67,7 +77,8 @@ class RMTConfig:
             if not ok:
                 raise ConfigError(f"RMTConfig.{f.name}: expected {f.type}, got {value!r} ({type(value).__name__})")
         positive = ["vocab_size", "d_model", "n_core", "mlp_mult", "ssm_expand", "ssm_head_dim", "ssm_d_state",
-                    "ssm_conv", "ssm_chunk", "mem_n_keys", "mem_heads", "mem_topk", "mem_d_key", "explicit_d_key"]
+                    "ssm_conv", "ssm_chunk", "mem_n_keys", "mem_heads", "mem_topk", "mem_d_key", "explicit_d_key", "explicit_heads",
+                    "vision_image_size", "vision_patch", "vision_channels"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"RMTConfig.{name}: expected a positive integer, got {getattr(self, name)}")
@@ -85,6 +96,21 @@ class RMTConfig:
             raise ConfigError(f"RMTConfig.mem_topk: expected <= mem_n_keys={self.mem_n_keys}, got {self.mem_topk}")
         if self.think_init not in ("zero", "random"):
             raise ConfigError(f"RMTConfig.think_init: expected 'zero' or 'random', got {self.think_init!r}")
+        if self.explicit_read not in ("linear", "softmax"):
+            raise ConfigError(f"RMTConfig.explicit_read: expected 'linear' or 'softmax', got {self.explicit_read!r}")
+        if self.explicit_read == "linear" and self.explicit_heads != 1:
+            raise ConfigError(f"RMTConfig.explicit_heads: the linear read has one head; got {self.explicit_heads} "
+                              "(set explicit_read = 'softmax' for several)")
+        if self.explicit_d_key % self.explicit_heads or self.d_model % self.explicit_heads:
+            raise ConfigError(f"RMTConfig.explicit_heads: must divide explicit_d_key={self.explicit_d_key} and "
+                              f"d_model={self.d_model}, got {self.explicit_heads}")
+        if self.vision and not self.explicit_memory:
+            raise ConfigError("RMTConfig.vision: images are written into the explicit bank; needs explicit_memory = true")
+        if self.core_reads_memory and not self.explicit_memory:
+            raise ConfigError("RMTConfig.core_reads_memory: needs explicit_memory = true")
+        if self.vision_image_size % self.vision_patch:
+            raise ConfigError(f"RMTConfig.vision_patch: must divide vision_image_size={self.vision_image_size}, "
+                              f"got {self.vision_patch}")
         if not 0.0 < self.router_threshold < 1.0:
             raise ConfigError(f"RMTConfig.router_threshold: expected a value in (0, 1), got {self.router_threshold}")
 

@@ -30,6 +30,8 @@ __all__ = [
     "ProductKeyMemory",
     "ExplicitMemoryBank",
     "ExplicitMemoryRead",
+    "SoftmaxMemoryBank",
+    "softmax_attention_reference",
     "feature_map",
     "linear_attention_reference",
 ]
@@ -493,6 +495,110 @@ def linear_attention_reference(
     return out * present.to(out.dtype).view(-1, 1, 1)
 
 
+class SoftmaxMemoryBank:
+    """Run-time key/value store read by multi-head softmax attention (exact, not linearised).
+
+    The linear-attention :class:`ExplicitMemoryBank` keeps a fixed-size state, so a read costs the same for
+    any number of entries -- but its weights ``phi(q).phi(k_i)`` are blunt: with 25-225 image patches it
+    cannot put most of its weight on the few patches of one object. This bank keeps the entries themselves
+    and reads them with ``softmax(q.k_i / sqrt(d_head))`` per head, which can be as sharp as the keys allow.
+    The trade-off, on purpose and only for this bank: state and per-query cost grow linearly with the number
+    of entries (O(M) per query), so it is meant for small, per-sample banks (an image's patches), not for the
+    large banks the linear read is for.
+
+    Shapes: keys (B, M, heads * d_head_key), values (B, M, heads * d_head_value), as :class:`ExplicitMemoryBank`
+    with the head dimension flattened last. Writes append (out of place, so autograd sees every write).
+    When ``record`` is True each read appends its attention weights (B, T, heads, M), detached, to
+    ``recorded``, for inspection (e.g. which image patches a question looked at, read by read).
+    """
+
+    def __init__(self, d_key: int, d_value: int, heads: int = 1) -> None:
+        if d_key % heads or d_value % heads:
+            raise ValueError(f"d_key ({d_key}) and d_value ({d_value}) must be divisible by heads ({heads})")
+        self.d_key, self.d_value, self.heads = d_key, d_value, heads
+        self.record = False
+        self.recorded: list[Tensor] = []
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+        self.mask: Tensor | None = None
+
+    @property
+    def num_entries(self) -> Tensor:
+        """(B,) int64 entries written per batch element; shape (0,) before the first write."""
+        if self.mask is None:
+            return torch.zeros(0, dtype=torch.long)
+        return self.mask.long().sum(1)
+
+    def state_bytes(self) -> int:
+        """Bytes held (keys, values, mask): grows with the number of entries."""
+        state = (self.keys, self.values, self.mask)
+        return sum(t.numel() * t.element_size() for t in state if t is not None)
+
+    def write(self, keys: Tensor, values: Tensor, mask: Tensor | None = None) -> None:
+        """Append entries: keys (B, M, d_key), values (B, M, d_value), mask (B, M) bool (True = present)."""
+        b, m, dk = keys.shape
+        if dk != self.d_key or values.shape != (b, m, self.d_value):
+            raise ValueError(f"expected keys (B, M, {self.d_key}) and values (B, M, {self.d_value}), "
+                             f"got {tuple(keys.shape)} and {tuple(values.shape)}")
+        if self.keys is not None and self.keys.shape[0] != b:
+            raise ValueError(f"bank holds batch size {self.keys.shape[0]}, write has {b}; call clear() first")
+        mask = torch.ones(b, m, dtype=torch.bool, device=keys.device) if mask is None else mask.to(torch.bool)
+        # Masked entries may hold NaNs; zero them so they cannot leak through 0 * NaN in the weighted sum.
+        keep = mask.unsqueeze(-1)
+        keys = torch.where(keep, keys, torch.zeros((), device=keys.device, dtype=keys.dtype))
+        values = torch.where(keep, values, torch.zeros((), device=values.device, dtype=values.dtype))
+        if self.keys is None:
+            self.keys, self.values, self.mask = keys, values, mask
+        else:
+            self.keys = torch.cat([self.keys, keys], 1)
+            self.values = torch.cat([self.values, values], 1)
+            self.mask = torch.cat([self.mask, mask], 1)
+
+    def read(self, queries: Tensor) -> Tensor:
+        """queries (B, T, d_key) -> (B, T, d_value); zero for batch elements with no entries."""
+        b, t, _ = queries.shape
+        if self.keys is None:
+            return queries.new_zeros(b, t, self.d_value)
+        h = self.heads
+        q = queries.view(b, t, h, -1).transpose(1, 2)  # (B, H, T, dk)
+        k = self.keys.to(queries.dtype).view(b, -1, h, self.d_key // h).transpose(1, 2)  # (B, H, M, dk)
+        v = self.values.to(queries.dtype).view(b, -1, h, self.d_value // h).transpose(1, 2)  # (B, H, M, dv)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_key // h)  # (B, H, T, M)
+        scores = scores.masked_fill(~self.mask.view(b, 1, 1, -1), float("-inf"))
+        # A batch element with no entries has an all -inf row: softmax would give NaN, so it reads zero.
+        present = self.mask.any(1)
+        weights = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(q.dtype)
+        if self.record:
+            self.recorded.append(weights.detach().permute(0, 2, 1, 3))  # (B, T, H, M)
+        out = (weights @ v).transpose(1, 2).reshape(b, t, self.d_value)
+        return out * present.to(out.dtype).view(b, 1, 1)
+
+
+def softmax_attention_reference(queries: Tensor, keys: Tensor, values: Tensor, heads: int,
+                                mask: Tensor | None = None) -> Tensor:
+    """:meth:`SoftmaxMemoryBank.read` the slow way (test oracle): a Python loop over batch rows, heads and
+    queries, each an explicit softmax over the present entries. (B, T, dk), (B, M, dk), (B, M, dv) -> (B, T, dv)."""
+    b, t, dk = queries.shape
+    dv = values.shape[-1]
+    out = torch.zeros(b, t, dv, dtype=torch.float64)
+    for i in range(b):
+        present = torch.ones(keys.shape[1], dtype=torch.bool) if mask is None else mask[i].bool()
+        if not present.any():
+            continue
+        for hd in range(heads):
+            ks = keys[i, present, hd * dk // heads:(hd + 1) * dk // heads].double()
+            vs = values[i, present, hd * dv // heads:(hd + 1) * dv // heads].double()
+            for j in range(t):
+                qv = queries[i, j, hd * dk // heads:(hd + 1) * dk // heads].double()
+                w = torch.softmax(ks @ qv / math.sqrt(dk // heads), dim=0)
+                out[i, j, hd * dv // heads:(hd + 1) * dv // heads] = w @ vs
+    return out
+
+
 class ExplicitMemoryRead(nn.Module):
     """Projections between the model and an :class:`ExplicitMemoryBank`.
 
@@ -508,11 +614,19 @@ class ExplicitMemoryRead(nn.Module):
         d_value: value width of the bank (default ``d_model``).
     """
 
-    def __init__(self, d_model: int, d_key: int = 64, d_value: int | None = None) -> None:
+    def __init__(self, d_model: int, d_key: int = 64, d_value: int | None = None, heads: int = 1,
+                 read: str = "linear") -> None:
         super().__init__()
+        if read not in ("linear", "softmax"):
+            raise ValueError(f"read: expected 'linear' or 'softmax', got {read!r}")
+        if read == "linear" and heads != 1:
+            raise ValueError(f"heads: the linear read has one head, got {heads} (use read='softmax' for several)")
         self.d_model = d_model
         self.d_key = d_key
         self.d_value = d_model if d_value is None else d_value
+        self.heads, self.read = heads, read
+        if self.d_key % heads or self.d_value % heads:
+            raise ValueError(f"d_key ({d_key}) and d_value ({self.d_value}) must be divisible by heads ({heads})")
         # Bias-free: a shared bias on keys would shift every phi(k) alike and mostly blur the
         # weights; the output bias would be a constant added whether or not anything was read.
         self.query_proj = nn.Linear(d_model, d_key, bias=False)
@@ -520,15 +634,17 @@ class ExplicitMemoryRead(nn.Module):
         self.value_proj = nn.Linear(d_model, self.d_value, bias=False)
         self.out_proj = nn.Linear(self.d_value, d_model, bias=False)
 
-    def new_bank(self) -> ExplicitMemoryBank:
-        """An empty bank with this module's key/value widths."""
+    def new_bank(self) -> ExplicitMemoryBank | SoftmaxMemoryBank:
+        """An empty bank with this module's key/value widths (and kind of read)."""
+        if self.read == "softmax":
+            return SoftmaxMemoryBank(self.d_key, self.d_value, self.heads)
         return ExplicitMemoryBank(self.d_key, self.d_value)
 
     def encode_entries(self, entries: Tensor) -> tuple[Tensor, Tensor]:
         """Entry embeddings (B, M, d_model) -> (keys (B, M, d_key), values (B, M, d_value))."""
         return self.key_proj(entries), self.value_proj(entries)
 
-    def forward(self, x: Tensor, bank: ExplicitMemoryBank) -> Tensor:
+    def forward(self, x: Tensor, bank: ExplicitMemoryBank | SoftmaxMemoryBank) -> Tensor:
         """Read ``bank`` with queries from ``x``: (B, T, d_model) -> (B, T, d_model)."""
         read = bank.read(self.query_proj(x))
         return self.out_proj(read.to(self.out_proj.weight.dtype)).to(x.dtype)

@@ -20,10 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rmt.config import RMTConfig
-from rmt.memory import ExplicitMemoryBank, ExplicitMemoryRead, ProductKeyMemory
+from rmt.memory import ExplicitMemoryBank, ExplicitMemoryRead, ProductKeyMemory, SoftmaxMemoryBank
 from rmt.router import Router, Routing
 from rmt.ssm import Block, MixerState, RMSNorm
 from rmt.thinking import ExitRule, ThinkingCore
+from rmt.vision import PatchEncoder
+
+Bank = ExplicitMemoryBank | SoftmaxMemoryBank
 
 
 @dataclass
@@ -43,7 +46,7 @@ class Cache:
     core: list[list[MixerState]]  # [iteration][layer]
     coda: list[MixerState]
     length: int = 0
-    explicit_bank: ExplicitMemoryBank | None = None
+    explicit_bank: Bank | None = None
 
     def tensors(self) -> list[Tensor]:
         states = self.prelude + [s for it in self.core for s in it] + self.coda
@@ -73,7 +76,15 @@ class RMT(nn.Module):
         self.memory_norm = RMSNorm(c.d_model)
         self.memory = (ProductKeyMemory(c.d_model, n_keys=c.mem_n_keys, heads=c.mem_heads, d_key=c.mem_d_key,
                                         topk=c.mem_topk) if c.memory else None)
-        self.explicit = ExplicitMemoryRead(c.d_model, d_key=c.explicit_d_key) if c.explicit_memory else None
+        self.explicit = (ExplicitMemoryRead(c.d_model, d_key=c.explicit_d_key, heads=c.explicit_heads,
+                                            read=c.explicit_read) if c.explicit_memory else None)
+        self.vision = (PatchEncoder(c.d_model, c.vision_image_size, c.vision_patch, c.vision_channels)
+                       if c.vision else None)
+        if c.core_reads_memory:
+            # The core's own query into the explicit bank (its keys and values are the bank's): the state asks
+            # something else than the prelude did, e.g. "what is near the place I found", not "where is red".
+            self.core_query_norm = RMSNorm(c.d_model)
+            self.core_query = nn.Linear(c.d_model, c.explicit_d_key, bias=False)
         self.core = ThinkingCore(c.d_model, c.n_core, hidden, **ssm)
         self.coda = nn.ModuleList([Block(c.d_model, hidden, conv_width=c.ssm_conv, **ssm) for _ in range(c.n_coda)])
         self.norm = RMSNorm(c.d_model)
@@ -86,7 +97,7 @@ class RMT(nn.Module):
             n -= sum(p.numel() for p in self.memory.value_parameters())
         return n
 
-    def _memory_read(self, h: Tensor, bank: ExplicitMemoryBank | None) -> Tensor:
+    def _memory_read(self, h: Tensor, bank: Bank | None) -> Tensor:
         q = self.memory_norm(h)
         m = self.memory(q) if self.memory is not None else torch.zeros_like(h)
         if bank is not None:
@@ -96,13 +107,31 @@ class RMT(nn.Module):
             m = m + (self.explicit(q.unsqueeze(1), bank).squeeze(1) if q.dim() == 2 else self.explicit(q, bank))
         return m
 
-    def _memory_branch(self, h: Tensor, routing: Routing, memory: bool, bank: ExplicitMemoryBank | None
+    def _memory_branch(self, h: Tensor, routing: Routing, memory: bool, bank: Bank | None
                        ) -> tuple[Tensor, Tensor | None]:
         """-> (e = h + w_memory * m, the read m); with memory off, (h, None) and memory is never touched."""
         if not memory:
             return h, None
         m = self._memory_read(h, bank)
         return h + routing.w_memory.unsqueeze(-1) * m, m
+
+    def _core_reread(self, e: Tensor, routing: Routing, memory: bool, bank: Bank | None):
+        """The core's per-iteration memory read, s (B, T, D) or (B, D) -> w_memory * read (same shape), or None
+        when the core does not read memory (config off, memory off, or no bank).
+
+        The query comes from e + s (the core's input, which carries the prelude's read, plus its state), so the
+        first iteration can already ask a follow-up question (e.g. "what is closest to where red is") rather
+        than starting from the empty state."""
+        if not (self.config.core_reads_memory and memory and bank is not None):
+            return None
+        w = routing.w_memory.unsqueeze(-1)
+
+        def reread(s: Tensor) -> Tensor:
+            q = self.core_query(self.core_query_norm(e + s))
+            read = bank.read(q.unsqueeze(1)).squeeze(1) if q.dim() == 2 else bank.read(q)
+            return w * self.explicit.out_proj(read.to(self.explicit.out_proj.weight.dtype)).to(s.dtype)
+
+        return reread
 
     def _head(self, x: Tensor) -> Tensor:
         return self.norm(x) @ self.embed.weight.T
@@ -115,8 +144,9 @@ class RMT(nn.Module):
 
     # ------------------------------------------------------------------------------------- forward
     def forward(self, idx: Tensor, *, think_iters: int | None = None, memory: bool = True, router: str = "learned",
-                explicit_bank: ExplicitMemoryBank | None = None, exit_rule: ExitRule | None = None,
-                hard_routing: bool | None = None, bptt: int | None = None, memory_logits: bool = False) -> Output:
+                explicit_bank: Bank | None = None, exit_rule: ExitRule | None = None,
+                hard_routing: bool | None = None, bptt: int | None = None, memory_logits: bool = False,
+                images: Tensor | None = None) -> Output:
         """idx (B, T) token ids -> Output with logits (B, T, V).
 
         think_iters: K (default config.think_iters; 0 = recurrence off, the core is never called).
@@ -125,8 +155,14 @@ class RMT(nn.Module):
         bptt: back-propagate through only the last this-many iterations (training).
         memory_logits: also return the memory read's own next-token prediction (head(norm(m))), which
         training can score so that the read carries the answer by itself (R1: the preliminary answer signal).
+        images: (B, S, S, 3) uint8, one per row: encoded and written into a fresh explicit bank that this
+        call reads (instead of explicit_bank); with memory=False they are not even encoded.
         """
         K = self._iters(think_iters)
+        if images is not None:
+            if explicit_bank is not None:
+                raise ValueError("give images or explicit_bank, not both")
+            explicit_bank = self.image_memory_bank(images) if memory else None
         hard = (not self.training) if hard_routing is None else hard_routing
         h = self.embed(idx)
         for layer in self.prelude:
@@ -136,7 +172,8 @@ class RMT(nn.Module):
         mem_logits = self._head(m) if (memory_logits and m is not None) else None
         if K > 0 and bool(routing.think_mask.any()):
             s, used = self.core(e, routing.w_think, K, bptt=bptt, exit_rule=exit_rule, init=self.config.think_init,
-                                readout=lambda st: self._head(e + st))
+                                readout=lambda st: self._head(e + st),
+                                reread=self._core_reread(e, routing, memory, explicit_bank))
             x = e + s
         else:
             x, used = e, torch.zeros(idx.shape, device=idx.device)
@@ -147,7 +184,7 @@ class RMT(nn.Module):
 
     # ------------------------------------------------------------------------------------- generation
     def new_cache(self, batch: int, think_iters: int | None = None, device=None,
-                  explicit_bank: ExplicitMemoryBank | None = None) -> Cache:
+                  explicit_bank: Bank | None = None) -> Cache:
         K = self._iters(think_iters)
         return Cache(prelude=[l.mixer.empty_state(batch, device=device) for l in self.prelude],
                      core=self.core.empty_states(batch, K, device=device),
@@ -172,7 +209,8 @@ class RMT(nn.Module):
         core_states = cache.core
         if cache.core and bool(routing.think_mask.any()):
             s, used, core_states = self.core.step(e, routing.w_think, cache.core, exit_rule=exit_rule,
-                                                  readout=lambda st: self._head(e + st))
+                                                  readout=lambda st: self._head(e + st),
+                                                  reread=self._core_reread(e, routing, memory, cache.explicit_bank))
             x = e + s
         else:
             x, used = e, torch.zeros(token.shape, device=token.device)
@@ -185,7 +223,7 @@ class RMT(nn.Module):
 
     @torch.no_grad()
     def prefill(self, idx: Tensor, *, think_iters: int | None = None, memory: bool = True, router: str = "learned",
-                explicit_bank: ExplicitMemoryBank | None = None, exit_rule: ExitRule | None = None
+                explicit_bank: Bank | None = None, exit_rule: ExitRule | None = None
                 ) -> tuple[Tensor, Tensor, Cache]:
         """Read a prompt (B, T) in parallel (chunked scans) -> last logits (B, V), think iters (B, T), cache."""
         K = self._iters(think_iters)
@@ -199,7 +237,8 @@ class RMT(nn.Module):
         x = e
         if K > 0 and bool(routing.think_mask.any()):  # otherwise the core's empty states are already exact
             s, used, cache.core = self.core(e, routing.w_think, K, exit_rule=exit_rule, keep_states=True,
-                                            readout=lambda st: self._head(e + st))
+                                            readout=lambda st: self._head(e + st),
+                                            reread=self._core_reread(e, routing, memory, explicit_bank))
             x = e + s
         for i, layer in enumerate(self.coda):
             x, cache.coda[i] = layer(x, return_state=True)
@@ -208,7 +247,7 @@ class RMT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, *, eos_id: int | None = None, think_iters: int | None = None,
-                 memory: bool = True, router: str = "learned", explicit_bank: ExplicitMemoryBank | None = None,
+                 memory: bool = True, router: str = "learned", explicit_bank: Bank | None = None,
                  exit_rule: ExitRule | None = None) -> GenerationResult:
         """Greedy continuation of equal-length prompts idx (B, T); stops a row at eos_id."""
         kw = dict(memory=memory, router=router, exit_rule=exit_rule)
@@ -230,12 +269,24 @@ class RMT(nn.Module):
         return GenerationResult(tokens, prompt_iters, think)
 
     # ------------------------------------------------------------------------------------- explicit memory
-    def new_memory_bank(self) -> ExplicitMemoryBank:
+    def new_memory_bank(self) -> Bank:
         if self.explicit is None:
             raise ValueError("this model was built with explicit_memory = false")
         return self.explicit.new_bank()
 
-    def write_memory(self, bank: ExplicitMemoryBank, entries: Tensor, mask: Tensor | None = None) -> None:
+    def encode_image(self, images: Tensor) -> Tensor:
+        """Images (B, S, S, 3) uint8 -> patch embeddings (B, M, D), M = (S / vision_patch)^2."""
+        if self.vision is None:
+            raise ValueError("this model was built with vision = false (no image encoder)")
+        return self.vision(images)
+
+    def image_memory_bank(self, images: Tensor) -> Bank:
+        """A fresh explicit bank holding each row's image patches: images (B, S, S, 3) -> bank of B rows."""
+        bank = self.new_memory_bank()
+        self.write_memory(bank, self.encode_image(images))
+        return bank
+
+    def write_memory(self, bank: Bank, entries: Tensor, mask: Tensor | None = None) -> None:
         """Write entry embeddings (B, M, D) — encoded facts, image patches — into ``bank``."""
         if self.explicit is None:
             raise ValueError("this model was built with explicit_memory = false")

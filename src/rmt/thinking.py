@@ -86,9 +86,14 @@ class ThinkingCore(nn.Module):
         self.layers = nn.ModuleList([Block(d_model, mlp_hidden, **ssm_kwargs) for _ in range(n_layers)])
 
     def _iterate(self, s: Tensor, e: Tensor, g: Tensor, states: list[MixerState] | None = None,
-                 keep_states: bool = False):
+                 keep_states: bool = False, reread: Callable[[Tensor], Tensor] | None = None):
         """One iteration. Parallel over (B, T) when states is None (keep_states: also return each layer's
-        final scan state, for prefill); a single decoding step over (B,) when states are given."""
+        final scan state, for prefill); a single decoding step over (B,) when states are given.
+
+        reread: s -> a memory read with a query from the current state, added to the re-injected input
+        (the model passes one when the core reads memory at every iteration); same shape as s."""
+        if reread is not None:
+            e = e + reread(s)
         hs = torch.cat([self.state_norm(s), e], dim=-1)
         u = self.adapter(hs)
         new_states = []
@@ -106,7 +111,7 @@ class ThinkingCore(nn.Module):
 
     def forward(self, e: Tensor, gate: Tensor, iters: int, bptt: int | None = None,
                 exit_rule: ExitRule | None = None, init: str = "zero", keep_states: bool = False,
-                readout: Callable[[Tensor], Tensor] | None = None):
+                readout: Callable[[Tensor], Tensor] | None = None, reread: Callable[[Tensor], Tensor] | None = None):
         """e (B, T, D), gate (B, T) in [0, 1] -> final state (B, T, D), iterations run per token (B, T)
         [, decoding states [iteration][layer] when keep_states]."""
         s = torch.randn_like(e) * e.detach().std() if (init == "random" and self.training) else torch.zeros_like(e)
@@ -116,7 +121,7 @@ class ThinkingCore(nn.Module):
         all_states = []
         for k in range(iters):
             with torch.set_grad_enabled(torch.is_grad_enabled() and k >= first_grad):
-                s_new, states = self._iterate(s, e, g, keep_states=keep_states)
+                s_new, states = self._iterate(s, e, g, keep_states=keep_states, reread=reread)
             all_states.append(states)
             used = used + (g > 0).float()
             if exit_rule is not None:
@@ -129,14 +134,15 @@ class ThinkingCore(nn.Module):
         return [[layer.mixer.empty_state(batch, device=device) for layer in self.layers] for _ in range(iters)]
 
     def step(self, e: Tensor, gate: Tensor, states: list[list[MixerState]], exit_rule: ExitRule | None = None,
-             readout: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, list[list[MixerState]]]:
+             readout: Callable[[Tensor], Tensor] | None = None, reread: Callable[[Tensor], Tensor] | None = None
+             ) -> tuple[Tensor, Tensor, list[list[MixerState]]]:
         """One token: e (B, D), gate (B,) -> state (B, D), iterations run (B,), new states."""
         s = torch.zeros_like(e)
         g = gate
         used = torch.zeros_like(gate, dtype=torch.float32)
         new_states = []
         for k, st in enumerate(states):
-            s_new, st = self._iterate(s, e, g, st)
+            s_new, st = self._iterate(s, e, g, st, reread=reread)
             new_states.append(st)
             used = used + (g > 0).float()
             if exit_rule is not None:

@@ -105,6 +105,12 @@ class Task(ABC):
     def _build_splits(self) -> dict[str, list[Example]]:
         """Build all three splits, deterministically from the config."""
 
+    def images(self, split: str) -> Any:
+        """(N, H, W, 3) uint8 images of `split` for a task whose examples each come with one (``meta["image"]`` is
+        the row), or None for a text-only task (the default). The trainer writes a row's image into the model's
+        explicit memory bank."""
+        return None
+
     def meta_stats(self, examples: list[Example]) -> dict[str, dict[str, int]]:
         """Task-specific histograms for `rmt data show` (e.g. arithmetic's steps). Empty by default."""
         return {}

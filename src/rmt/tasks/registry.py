@@ -10,11 +10,12 @@ from rmt.tasks.base import Task
 from rmt.tasks.facts_real import FactsReal
 from rmt.tasks.facts_synthetic import FactsSynthetic
 from rmt.tasks.gsm8k import GSM8K
+from rmt.tasks.sort_of_clevr import SortOfClevr
 from rmt.tasks.text import TextCorpus
 from rmt.tasks.triviaqa import TriviaQA
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (FactsSynthetic, Arithmetic, FactsReal, GSM8K, TriviaQA, TextCorpus)
+    task.name: task for task in (FactsSynthetic, Arithmetic, FactsReal, GSM8K, TriviaQA, TextCorpus, SortOfClevr)
 }
 
 

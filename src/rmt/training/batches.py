@@ -2,13 +2,16 @@
 
 For a "qa" example only the answer (and the end-of-sample newline) is a target — the question is given,
 not predicted; for "text" every token is. Rows are right-padded: the model is causal, so padding after a
-sequence cannot change what comes before it.
+sequence cannot change what comes before it. A task whose examples each come with an image (`Task.images`)
+gives its image array to the mix, and its batches carry the image of every row, which the trainer writes into
+the model's explicit memory bank.
 """
 
 from __future__ import annotations
 
 import random
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,13 +53,14 @@ class TaskMix:
     """Samples batches from several tasks' training examples with fixed weights, reproducibly from a seed."""
 
     def __init__(self, pools: dict[str, list[Example]], weights: dict[str, float], tokenizer: Tokenizer,
-                 seed: int, cot: bool = False, max_len: int = 0):
+                 seed: int, cot: bool = False, max_len: int = 0, images: dict[str, np.ndarray] | None = None):
         missing = sorted(set(weights) - set(pools))
         if missing:
             raise ValueError(f"task mix names unknown task(s) {missing}; available: {sorted(pools)}")
         self.names = list(weights)
         self.weights = [weights[n] for n in self.names]
         self.pools, self.tok, self.cot, self.max_len = pools, tokenizer, cot, max_len
+        self.images = images or {}  # task name -> (N, H, W, 3) uint8, indexed by an example's meta["image"]
         self.rng = random.Random(seed)
 
     def batch(self, size: int) -> tuple[Tensor, Tensor, list[str]]:
@@ -65,6 +69,12 @@ class TaskMix:
         One task per batch, drawn by weight: tasks differ a lot in length (a fact is ~40 bytes, a 4-step
         problem ~140), and a mixed batch would pad every short row to the longest.
         """
+        x, y, names, _ = self.batch_with_images(size)
+        return x, y, names
+
+    def batch_with_images(self, size: int) -> tuple[Tensor, Tensor, list[str], Tensor | None]:
+        """As `batch`, plus the rows' images (B, H, W, 3) uint8 when the drawn task has images, else None.
+        (One task per batch, so either every row has an image or none has.)"""
         name = self.rng.choices(self.names, weights=self.weights, k=1)[0]
         names = [name] * size
         examples = [self.rng.choice(self.pools[name]) for _ in range(size)]
@@ -72,7 +82,10 @@ class TaskMix:
         if self.max_len:  # inputs and targets are the row shifted by one, so keep max_len + 1 ids
             encoded = [(ids[: self.max_len + 1], start) for ids, start in encoded]
         x, y = collate(encoded, self.tok.pad_id)
-        return x, y, names
+        images = None
+        if name in self.images:
+            images = torch.from_numpy(self.images[name][[ex.meta["image"] for ex in examples]])
+        return x, y, names, images
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.getstate()}

@@ -42,6 +42,7 @@ from rmt.training.curriculum import Stage
 from rmt.training import distributed
 from rmt.training.batches import collate, encode_example, filter_examples
 from rmt.training.trainer import Trainer
+from rmt.visual_qa import write_visual_report
 
 
 @dataclass
@@ -191,7 +192,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
           progress: bool = True) -> RMT:
     """Run (or continue) the configured curriculum, writing checkpoints and metrics under `out`."""
     out = Path(out)
-    pools = build_pools(cfg)  # before anything is written: a bad task setting loses nothing
+    images: dict = {}
+    pools = build_pools(cfg, images)  # before anything is written: a bad task setting loses nothing
     rank, world, device = distributed.init_from_env(cfg.device)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -235,9 +237,17 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
     evaluate = validation_loss_fn(cfg, tok) if cfg.eval_every else None
     trainer = Trainer(model, tok, pools, evaluate=evaluate, eval_every=cfg.eval_every, seed=cfg.seed, on_metrics=log, progress=progress and rank == 0,
                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, max_steps=max_steps,
-                      on_checkpoint=lambda tr, st: _save(out, model, tok, st, cfg.keep_checkpoints))
+                      on_checkpoint=lambda tr, st: _save(out, model, tok, st, cfg.keep_checkpoints), images=images)
     try:
         trainer.run(cfg.stages, resume=state)
+        if rank == 0 and images:
+            # Tasks with images end the run with their test evaluation (accuracy by question type, memory-off
+            # and recurrence-off ablations) in OUT/report.json, plus a PNG of the memory reads.
+            # Optimizer-step wall seconds of this process (a resumed run counts from its resume).
+            train_seconds = trainer.train_seconds
+            for name in sorted(images):
+                task = get_task(name, **task_settings(cfg, name))
+                write_visual_report(model, name, task.split("test"), task.images("test"), tok, out, train_seconds)
     finally:
         distributed.shutdown()
     return model
@@ -258,14 +268,28 @@ def task_settings(cfg: RunConfig, name: str) -> dict[str, Any]:
     return {**({"seed": cfg.seed} if seeded else {}), **cfg.tasks.get(name, {})}
 
 
-def build_pools(cfg: RunConfig) -> dict[str, list]:
-    """The training examples of every task a stage names; checks every stage's filters keep something."""
+def build_pools(cfg: RunConfig, images: dict | None = None) -> dict[str, list]:
+    """The training examples of every task a stage names; checks every stage's filters keep something.
+
+    images: when given, filled with task name -> training images (N, H, W, 3) uint8 for the tasks that have
+    them (`Task.images`); such tasks need a model with an image encoder (`vision = true`).
+    """
     pools = {}
     for name in sorted({t for s in cfg.stages for t in s.tasks}):
         try:
-            pools[name] = get_task(name, **task_settings(cfg, name)).split("train")
+            task = get_task(name, **task_settings(cfg, name))
+            pools[name] = task.split("train")
+            task_images = task.images("train")
         except (TypeError, ValueError, FileNotFoundError) as e:
             raise ConfigError(f"tasks.{name}: {e}") from None
+        if task_images is not None:
+            if not cfg.model.vision:
+                raise ConfigError(f"tasks.{name}: its examples come with images; the model needs vision = true")
+            if task_images.shape[1] != cfg.model.vision_image_size:
+                raise ConfigError(f"tasks.{name}: images are {task_images.shape[1]} pixels wide but the model's "
+                                  f"vision_image_size is {cfg.model.vision_image_size}")
+            if images is not None:
+                images[name] = task_images
     for i, stage in enumerate(cfg.stages):
         for name, flt in stage.filters.items():
             try:
@@ -279,8 +303,10 @@ def validation_loss_fn(cfg: RunConfig, tok, batch_size: int = 64):
     """-> model -> {"val_loss": mean cross-entropy over the scored tokens of a fixed validation subset},
     computed the way the model is used: eval mode, inference-time routing, the config's K."""
     name = cfg.eval_task or next(iter(cfg.stages[-1].tasks))
-    examples = get_task(name, **task_settings(cfg, name)).split("validation")[: cfg.eval_rows]
+    task = get_task(name, **task_settings(cfg, name))
+    examples = task.split("validation")[: cfg.eval_rows]
     encoded = [encode_example(ex, tok) for ex in examples]
+    images = task.images("validation")  # a visual task's rows are scored with their image in the bank
 
     @torch.no_grad()
     def evaluate(model: RMT) -> dict:
@@ -290,7 +316,11 @@ def validation_loss_fn(cfg: RunConfig, tok, batch_size: int = 64):
         for i in range(0, len(encoded), batch_size):
             x, y = collate(encoded[i:i + batch_size], tok.pad_id)
             x, y = x.to(device), y.to(device)
-            logits = model(x).logits
+            extra = {}
+            if images is not None:
+                rows = [ex.meta["image"] for ex in examples[i:i + batch_size]]
+                extra["images"] = torch.from_numpy(images[rows]).to(device)
+            logits = model(x, **extra).logits
             total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(),
                                                              ignore_index=-100, reduction="sum"))
             count += int((y != -100).sum())

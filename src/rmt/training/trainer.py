@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
@@ -66,8 +67,12 @@ class Trainer:
                  on_metrics: Callable[[dict], None] | None = None, progress: bool = True, log_every: int = 25,
                  max_bad_steps: int = 5, checkpoint_every: int = 0,
                  on_checkpoint: Callable[["Trainer", dict], None] | None = None, max_steps: int | None = None,
-                 evaluate: Callable[[RMT], dict] | None = None, eval_every: int = 0):
+                 evaluate: Callable[[RMT], dict] | None = None, eval_every: int = 0,
+                 images: dict[str, np.ndarray] | None = None):
+        """images: task name -> (N, H, W, 3) uint8 for tasks whose examples come with an image (meta["image"]);
+        each batch of such a task is trained with its rows' images written into the explicit memory bank."""
         self.model, self.tok, self.pools, self.seed = model, tokenizer, pools, seed
+        self.images = images or {}
         self.on_metrics = on_metrics or (lambda m: None)
         self.progress, self.log_every, self.max_bad_steps = progress, log_every, max_bad_steps
         self.checkpoint_every, self.on_checkpoint, self.max_steps = checkpoint_every, on_checkpoint, max_steps
@@ -104,7 +109,8 @@ class Trainer:
         model.train()
         pools = {name: filter_examples(self.pools[name], stage.filters[name]) if name in stage.filters
                  else self.pools[name] for name in stage.tasks if name in self.pools}
-        mix = TaskMix(pools, stage.tasks, self.tok, seed=self.seed * 1000 + stage_index, max_len=stage.seq_len)
+        mix = TaskMix(pools, stage.tasks, self.tok, seed=self.seed * 1000 + stage_index, max_len=stage.seq_len,
+                      images=self.images)
         k_rng = random.Random(self.seed * 1000 + stage_index + 500)
         opt = torch.optim.AdamW(param_groups(model, stage), lr=stage.lr, betas=(0.9, 0.95))
         net: nn.Module = model
@@ -140,13 +146,17 @@ class Trainer:
             lr = lr_at(step, stage)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_mult"]
-            x, y, names = mix.batch(stage.batch_size)  # the global batch: the same on every process
+            # The global batch: the same on every process.
+            x, y, names, images = mix.batch_with_images(stage.batch_size)
             if self.world > 1:
                 rows = slice(self.rank * len(names) // self.world, (self.rank + 1) * len(names) // self.world)
                 x, y, names = x[rows], y[rows], names[rows]
+                images = images[rows] if images is not None else None
             x, y = x.to(self.device), y.to(self.device)
             K = k_rng.randint(stage.think_iters_min, stage.think_iters_max)
-            out = net(x, think_iters=K, bptt=stage.bptt, memory_logits=stage.memory_aux > 0)
+            # Images go through the forward call (not a bank built here) so that DDP sees the encoder's use.
+            extra = {"images": images.to(self.device)} if images is not None else {}
+            out = net(x, think_iters=K, bptt=stage.bptt, memory_logits=stage.memory_aux > 0, **extra)
             n_targets = None
             if self.world > 1:
                 # DDP averages gradients over processes; scaling by world makes that a global token mean.

@@ -1,0 +1,82 @@
+"""The image encoder: a small convolutional patch encoder whose patch embeddings become memory-bank entries (R8).
+
+    uint8 image (B, S, S, 3)
+      -> patchify: conv k=p, stride p, 3 -> C           (B, C, G, G), G = S // p: one vector per p x p patch
+      -> 2 residual blocks of [GroupNorm, GELU, conv 3x3] (each patch sees its neighbours: a 10-pixel object
+         spans 2-3 patches of 5 pixels, and its shape is only visible across them)
+      -> linear C -> d_model, plus a 2-D position embedding  (B, G*G, d_model)
+
+The position embedding has two parts. A learned row embedding plus a learned column embedding (factorised, so
+G*G positions cost 2G vectors) lets keys say "this patch is in row i". And fixed coordinate features
+(x, y, x^2 + y^2, with x, y in [-1, 1]) through a linear map: with them a dot product q.k can express
+-|p - p_i|^2 = 2 p.p_i - |p_i|^2 - |p|^2 exactly, so a query built from one object's position can score every
+patch by its distance from it (the "closest"/"furthest" questions of Sort-of-CLEVR) without having to learn a
+distance function from scratch.
+
+Trained from scratch; no pretrained weights, nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class _ResidualConv(nn.Module):
+    """x + conv3x3(GELU(GroupNorm(x))) on (B, C, G, G). GroupNorm, not BatchNorm: it normalises each image by
+    itself, so training and batch-size-1 inference compute the same thing."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(1, channels)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(nn.functional.gelu(self.norm(x)))
+
+
+class PatchEncoder(nn.Module):
+    """uint8 images (B, S, S, 3) -> patch embeddings (B, (S // patch) ** 2, d_model), row-major patch order.
+
+    Args:
+        d_model: width of the embeddings (the model's width).
+        image_size: S; must be divisible by `patch`.
+        patch: side of one patch in pixels.
+        channels: convolution width C.
+    """
+
+    def __init__(self, d_model: int, image_size: int = 75, patch: int = 5, channels: int = 32) -> None:
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"image_size ({image_size}) must be divisible by patch ({patch})")
+        self.image_size, self.patch = image_size, patch
+        self.grid = g = image_size // patch
+        self.patchify = nn.Conv2d(3, channels, patch, stride=patch)
+        self.blocks = nn.Sequential(_ResidualConv(channels), _ResidualConv(channels))
+        self.norm = nn.GroupNorm(1, channels)
+        self.proj = nn.Linear(channels, d_model)
+        self.row = nn.Parameter(torch.randn(g, d_model) * 0.02)
+        self.col = nn.Parameter(torch.randn(g, d_model) * 0.02)
+        self.coord_proj = nn.Linear(3, d_model, bias=False)
+        y, x = torch.meshgrid(torch.linspace(-1, 1, g), torch.linspace(-1, 1, g), indexing="ij")
+        coords = torch.stack([x, y, x * x + y * y], -1).view(g * g, 3)
+        self.register_buffer("coords", coords, persistent=False)  # (G*G, 3), fixed: not a checkpoint entry
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    def positions(self) -> Tensor:
+        """The 2-D position embedding of every patch, (G*G, d_model), row-major."""
+        g = self.grid
+        learned = (self.row.view(g, 1, -1) + self.col.view(1, g, -1)).view(g * g, -1)
+        return learned + self.coord_proj(self.coords)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images (B, S, S, 3) uint8 (or float in [0, 255]) -> (B, G*G, d_model)."""
+        if images.dim() != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(f"expected images (B, {self.image_size}, {self.image_size}, 3), got {tuple(images.shape)}")
+        x = images.permute(0, 3, 1, 2).to(self.proj.weight.dtype) / 127.5 - 1.0  # (B, 3, S, S) in [-1, 1]
+        x = self.blocks(self.patchify(x))  # (B, C, G, G)
+        x = nn.functional.gelu(self.norm(x)).flatten(2).transpose(1, 2)  # (B, G*G, C)
+        return self.proj(x) + self.positions()

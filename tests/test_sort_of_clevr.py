@@ -1,0 +1,281 @@
+"""Sort-of-CLEVR: the generator (determinism, no overlap, hand-checked answers, answer statistics, cache), the
+softmax memory read, the image encoder inside the model, and `rmt train` ending with the visual report."""
+
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from rmt.cli import main
+from rmt.config import ConfigError, RMTConfig
+from rmt.memory import SoftmaxMemoryBank, softmax_attention_reference
+from rmt.model import RMT
+from rmt.tasks import get_task
+from rmt.tasks.sort_of_clevr import (ANSWERS, COLORS, QUESTIONS, RGB, SortOfClevrConfig, answer, generate, stamps)
+
+SMALL = dict(n_train=300, n_validation=20, n_test=20, cache=False)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return generate(300, SortOfClevrConfig(**SMALL), "train")
+
+
+# ------------------------------------------------------------------------------------------------ generator
+def test_generation_is_deterministic_from_the_seed():
+    a = generate(20, SortOfClevrConfig(seed=1, cache=False), "train")
+    b = generate(20, SortOfClevrConfig(seed=1, cache=False), "train")
+    c = generate(20, SortOfClevrConfig(seed=2, cache=False), "train")
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.questions, b.questions)
+    assert not np.array_equal(a.images, c.images)
+
+
+def test_objects_do_not_overlap_and_are_drawn_in_their_colour(scenes):
+    size = 10
+    square, circle = stamps(size)
+    for n in range(len(scenes.images)):
+        covered = np.zeros((75, 75), dtype=int)
+        for colour, (x, y, s) in enumerate(scenes.objects[n]):
+            mask = square if s == 0 else circle
+            covered[y:y + size, x:x + size] += mask
+            # every pixel of the shape has the object's colour
+            assert (scenes.images[n, y:y + size, x:x + size][mask] == RGB[colour]).all()
+        assert covered.max() == 1  # no pixel belongs to two objects
+        # and the pixels of no object are anything but background
+        assert ((scenes.images[n] != 255).any(-1) == (covered == 1)).all()
+
+
+def test_a_circle_is_not_a_square():
+    square, circle = stamps(10)
+    assert square.sum() == 100 and 60 < circle.sum() < 100
+    assert not circle[0, 0] and circle[5, 5]
+
+
+def test_answers_on_a_hand_checked_scene():
+    # Top-left corners (x, y) and shapes (0 square, 1 circle) per colour; centres are corner + 4.5.
+    objects = np.array([
+        [0, 0, 0],     # red square, top-left corner
+        [15, 0, 1],    # green circle, right of red: red's closest
+        [60, 60, 0],   # blue square, bottom-right: furthest from red
+        [60, 0, 1],    # orange circle, top-right
+        [0, 60, 1],    # gray circle, bottom-left
+        [30, 40, 0],   # yellow square, centre x 34.5 < 37.5 (left), centre y 44.5 (bottom)
+    ], dtype=np.int16)
+    q = {name: i for i, (name, _, _) in enumerate(QUESTIONS)}
+    red, green, blue, orange, gray, yellow = range(6)
+    assert answer(objects, red, q["shape"], 75, 10) == "square"
+    assert answer(objects, green, q["shape"], 75, 10) == "circle"
+    assert answer(objects, red, q["left"], 75, 10) == "yes"
+    assert answer(objects, orange, q["left"], 75, 10) == "no"
+    assert answer(objects, yellow, q["left"], 75, 10) == "yes"
+    assert answer(objects, yellow, q["top"], 75, 10) == "no"
+    assert answer(objects, orange, q["top"], 75, 10) == "yes"
+    assert answer(objects, red, q["closest"], 75, 10) == "circle"  # green
+    assert answer(objects, red, q["furthest"], 75, 10) == "square"  # blue
+    assert answer(objects, blue, q["furthest"], 75, 10) == "square"  # red
+    assert answer(objects, gray, q["closest"], 75, 10) == "square"  # yellow (30, 40): 31.6 px vs 60 to red
+    assert answer(objects, red, q["count"], 75, 10) == "3"  # red, blue, yellow squares
+    assert answer(objects, green, q["count"], 75, 10) == "3"
+
+
+def test_every_stored_answer_agrees_with_the_objects(scenes):
+    for image, colour, subtype, answer_index in scenes.questions:
+        assert ANSWERS[answer_index] == answer(scenes.objects[image], colour, subtype, 75, 10)
+
+
+def test_answer_distribution_per_question_type(scenes):
+    """Each question's answers have the distribution the generator promises: colours and subtypes uniform, yes/no
+    and square/circle balanced (objects' shapes and positions are uniform), the count 1 + Binomial(5, 1/2).
+    Bounds are 5 standard deviations of the binomial sampling noise at this sample size."""
+    by_question: dict[str, Counter] = {name: Counter() for name, _, _ in QUESTIONS}
+    for _, _, subtype, answer_index in scenes.questions:
+        by_question[QUESTIONS[subtype][0]][ANSWERS[answer_index]] += 1
+    kinds = Counter(QUESTIONS[s][1] for s in scenes.questions[:, 2])
+    assert kinds["non_relational"] == kinds["relational"] == 300 * 10
+
+    def close(count: int, n: int, p: float) -> bool:
+        return abs(count - n * p) <= 5 * math.sqrt(n * p * (1 - p))
+
+    for name, (a, b) in {"shape": ("square", "circle"), "left": ("yes", "no"), "top": ("yes", "no"),
+                         "closest": ("square", "circle"), "furthest": ("square", "circle")}.items():
+        counts = by_question[name]
+        assert set(counts) == {a, b}, name
+        assert close(counts[a], sum(counts.values()), 0.5), (name, counts)
+    counts = by_question["count"]
+    n = sum(counts.values())
+    assert set(counts) <= {"1", "2", "3", "4", "5", "6"}
+    for k in range(1, 7):
+        assert close(counts[str(k)], n, math.comb(5, k - 1) / 32), (k, counts)
+    colours = Counter(int(c) for c in scenes.questions[:, 1])
+    assert all(close(colours[c], len(scenes.questions), 1 / 6) for c in range(6))
+
+
+def test_task_splits_images_and_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RMT_CACHE_DIR", str(tmp_path))
+    cfg = dict(n_train=30, n_validation=5, n_test=10)
+    task = get_task("sort-of-clevr", **cfg)
+    test = task.split("test")
+    assert len(test) == 10 * 20 and task.images("test").shape == (10, 75, 75, 3)
+    assert task.images("test").dtype == np.uint8
+    ex = test[0]
+    assert ex.prompt.startswith("Q: ") and ex.prompt.endswith(" A:") and ex.target.strip() in ANSWERS
+    assert ex.meta["color"] in COLORS and ex.meta["color"] in ex.prompt
+    assert task.cache_path().is_file() and str(task.cache_path()).startswith(str(tmp_path))
+    again = get_task("sort-of-clevr", **cfg)  # read back from the cache file
+    assert np.array_equal(again.images("train"), task.images("train"))
+    assert [e.prompt for e in again.split("train")] == [e.prompt for e in task.split("train")]
+    assert get_task("sort-of-clevr", **cfg, seed=1).cache_path() != task.cache_path()
+    # the test images are the same whatever the size of the training set
+    bigger = get_task("sort-of-clevr", **{**cfg, "n_train": 40})
+    assert np.array_equal(bigger.images("test"), task.images("test"))
+
+
+def test_bad_config_is_named():
+    with pytest.raises(ValueError, match="n_test"):
+        SortOfClevrConfig(n_test=-1)
+    with pytest.raises(ValueError, match="image_size"):
+        SortOfClevrConfig(image_size=20)
+
+
+def test_data_show_prints_the_answer_statistics(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RMT_CACHE_DIR", str(tmp_path))
+    assert main(["data", "show", "sort-of-clevr", "--n", "1", "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    for line in ("answers (non_relational):", "answers (relational):", "answers (count):", "question type:"):
+        assert line in out
+
+
+# ------------------------------------------------------------------------------------------------ softmax read
+def test_softmax_bank_matches_the_reference_with_masks_and_two_writes():
+    torch.manual_seed(0)
+    q = torch.randn(3, 5, 8)
+    k, v = torch.randn(3, 7, 8), torch.randn(3, 7, 12)
+    mask = torch.rand(3, 7) > 0.3
+    mask[2] = False  # an empty row reads zero
+    bank = SoftmaxMemoryBank(8, 12, heads=2)
+    bank.write(k[:, :4], v[:, :4], mask[:, :4])
+    bank.write(k[:, 4:], v[:, 4:], mask[:, 4:])
+    ref = softmax_attention_reference(q, k, v, heads=2, mask=mask)
+    assert torch.allclose(bank.read(q).double(), ref, atol=1e-5)
+    assert bank.read(q)[2].abs().max() == 0
+    assert bank.num_entries.tolist() == mask.sum(1).tolist()
+
+
+def test_softmax_bank_can_pick_one_entry_and_records_weights():
+    keys = torch.zeros(1, 25, 4)
+    keys[0, 7] = torch.tensor([30.0, 0, 0, 0])
+    values = torch.arange(25.0).view(1, 25, 1).expand(1, 25, 4).contiguous()
+    bank = SoftmaxMemoryBank(4, 4)
+    bank.record = True
+    bank.write(keys, values)
+    out = bank.read(torch.tensor([[[1.0, 0, 0, 0]]]))
+    assert abs(float(out[0, 0, 0]) - 7.0) < 1e-3  # the linear read's elu+1 features cannot be this sharp
+    assert bank.recorded[0].shape == (1, 1, 1, 25) and float(bank.recorded[0][0, 0, 0, 7]) > 0.999
+
+
+def test_linear_read_with_several_heads_is_refused():
+    with pytest.raises(ConfigError, match="explicit_heads"):
+        RMTConfig(explicit_heads=4)
+
+
+# ------------------------------------------------------------------------------------------------ model
+VISION = dict(d_model=32, ssm_head_dim=16, ssm_chunk=16, memory=False, n_prelude=1, n_coda=1, explicit_read="softmax",
+              explicit_heads=2, explicit_d_key=16, vision=True, vision_channels=8, core_reads_memory=True,
+              think_iters=2)
+
+
+def test_vision_config_round_trips_and_defaults_stay_off(tmp_path):
+    cfg = RMTConfig(**VISION)
+    assert RMTConfig.from_toml(cfg.to_toml()) == cfg
+    cfg.to_json(tmp_path / "c.json")
+    assert RMTConfig.from_json(tmp_path / "c.json") == cfg
+    default = RMTConfig()
+    assert not default.vision and not default.core_reads_memory and default.explicit_read == "linear"
+    with pytest.raises(ConfigError, match="vision_patch"):
+        RMTConfig(**{**VISION, "vision_patch": 4})
+
+
+def test_image_model_decodes_token_by_token_like_the_full_forward():
+    torch.manual_seed(0)
+    model = RMT(RMTConfig(**VISION)).eval()
+    images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
+    idx = torch.randint(0, 256, (2, 12))
+    bank = model.image_memory_bank(images)
+    with torch.no_grad():
+        full = model(idx, explicit_bank=bank).logits
+        assert torch.allclose(model(idx, images=images).logits, full)
+        logits, _, cache = model.prefill(idx[:, :8], explicit_bank=bank)
+        assert torch.allclose(logits, full[:, 7], atol=1e-5)
+        for t in range(8, 12):
+            logits, _, cache = model.step(idx[:, t], cache)
+            assert torch.allclose(logits, full[:, t], atol=1e-4)
+        # the picture matters with memory on and is never looked at with memory off
+        other = model(idx, images=images.flip(0)).logits
+        assert not torch.allclose(other, full)
+        assert torch.equal(model(idx, images=images, memory=False).logits, model(idx, memory=False).logits)
+
+
+def test_gradients_reach_the_image_encoder_and_the_core_query():
+    torch.manual_seed(0)
+    model = RMT(RMTConfig(**VISION))
+    images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
+    out = model(torch.randint(0, 256, (2, 10)), images=images)
+    out.logits.sum().backward()
+    assert model.vision.patchify.weight.grad.abs().sum() > 0
+    assert model.core_query.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_rmt_train_ends_with_the_visual_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("RMT_CACHE_DIR", str(tmp_path / "cache"))
+    model = "\n".join(f"{k} = {json.dumps(v)}" for k, v in VISION.items())
+    config = tmp_path / "soc.toml"
+    config.write_text(f"""
+seed = 1
+checkpoint_every = 0
+[model]
+{model}
+[tasks.sort-of-clevr]
+n_train = 40
+n_validation = 2
+n_test = 4
+[[stages]]
+name = "clevr"
+steps = 3
+tasks = {{ "sort-of-clevr" = 1.0 }}
+batch_size = 8
+frozen = ["router"]
+think_iters_min = 2
+think_iters_max = 2
+""")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())["sort_of_clevr"]
+    for key in ("non_relational_acc", "relational_acc", "non_relational_acc_recurrence_off",
+                "relational_acc_recurrence_off", "non_relational_acc_memory_off", "relational_acc_memory_off"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["train_wall_seconds"] > 0 and report["n"] == 4 * 20
+    assert (out / "sort_of_clevr_attention.png").stat().st_size > 1000
+    assert len((out / "predictions_sort_of_clevr.jsonl").read_text().splitlines()) == 80
+
+
+def test_image_task_needs_a_vision_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("RMT_CACHE_DIR", str(tmp_path / "cache"))
+    config = tmp_path / "soc.toml"
+    config.write_text("""
+[model]
+d_model = 32
+ssm_head_dim = 16
+[tasks.sort-of-clevr]
+n_train = 5
+n_validation = 1
+n_test = 1
+[[stages]]
+name = "clevr"
+steps = 1
+tasks = { "sort-of-clevr" = 1.0 }
+""")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
