@@ -10,12 +10,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmt", description="Recurrent Memory Transformer")
     sub = parser.add_subparsers(dest="command", required=True)
     # Imported lazily so `rmt --help` stays fast and one broken sub-command cannot hide the others.
-    from rmt import bench, demo
+    from rmt import bench, demo, report, reproduce
     from rmt.tasks import commands as task_commands
     from rmt.training import commands as training_commands
 
     demo.register(sub)
     bench.register(sub)
+    reproduce.register(sub)
+    report.register(sub)
     training_commands.register(sub)
     task_commands.register(sub)
     from rmt.integrations import commands as integration_commands  # export, eval, memory (optional extras)

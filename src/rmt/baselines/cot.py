@@ -1,0 +1,120 @@
+"""The chain-of-thought baseline: a GPT of RMT's size that writes its working before the answer.
+
+Math examples are trained on their step-by-step target (``" 7 + 5 = 12. 12 * 2 = 24. #### 24"``), knowledge
+examples on the direct answer, with the same task mixes, batch sizes and learning-rate schedules as RMT's
+curriculum (`Stage`; RMT-only fields such as think_iters or router_cost are ignored). Evaluation reads the
+final answer after ``####`` the way lm-evaluation-harness's GSM8K strict filter does, and counts every
+generated token, working included: that count is what RMT's direct answers are compared with.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from rmt.baselines.gpt import GPT, GPTConfig
+from rmt.evaluate import QAResult, accuracy_by, decode_answer, length_batches
+from rmt.tasks import Example
+from rmt.tasks.scoring import GSM8K_STRICT, INVALID, exact_match, regex_extract
+from rmt.tokenizer import Tokenizer
+from rmt.training.batches import TaskMix, filter_examples
+from rmt.training.curriculum import Stage
+from rmt.training.trainer import NonFiniteLoss, lr_at
+
+
+def matching_config(n_params: int, d_model: int = 128, n_head: int = 4, max_len: int = 1024,
+                    tolerance: float = 0.10) -> GPTConfig:
+    """The GPT config whose parameter count is closest to n_params: depth at the given width first, then
+    other widths (multiples of 16) if no depth lands within `tolerance`."""
+    def count(d: int, layers: int) -> int:
+        with torch.device("meta"):
+            return GPT(GPTConfig(n_layer=layers, n_head=n_head, d_model=d, max_len=max_len)).num_params()
+
+    best: tuple[float, GPTConfig] | None = None
+    for d in [d_model] + [w for w in range(16, 1025, 16) if w != d_model]:
+        for layers in range(1, 49):
+            rel = abs(count(d, layers) - n_params) / n_params
+            if best is None or rel < best[0]:
+                best = (rel, GPTConfig(n_layer=layers, n_head=n_head, d_model=d, max_len=max_len))
+            if count(d, layers) > n_params:
+                break
+        if best[0] <= tolerance:
+            return best[1]
+    raise ValueError(f"no GPT within {tolerance:.0%} of {n_params:,} parameters (closest {best[0]:.1%} off)")
+
+
+def train_gpt(model: GPT, tok: Tokenizer, pools: dict[str, list[Example]], stages: list[Stage], *, seed: int = 0,
+              progress: bool = True, on_metrics: Callable[[dict], None] | None = None, log_every: int = 25,
+              cot: bool = True) -> float:
+    """Train through `stages` on chain-of-thought targets (where an example has one) -> training seconds."""
+    device = next(model.parameters()).device
+    seconds, global_step = 0.0, 0
+    for si, stage in enumerate(stages):
+        model.train()
+        stage_pools = {n: filter_examples(pools[n], stage.filters[n]) if n in stage.filters else pools[n]
+                       for n in stage.tasks}
+        mix = TaskMix(stage_pools, stage.tasks, tok, seed=seed * 1000 + si, cot=cot, max_len=model.config.max_len - 1)
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": stage.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=stage.lr, betas=(0.9, 0.95))
+        acc: dict[str, list[float]] = defaultdict(list)
+        for step in tqdm(range(stage.steps), desc=f"gpt {stage.name}", disable=not progress, unit="step"):
+            t0 = time.perf_counter()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, stage)
+            x, y, names = mix.batch(stage.batch_size)
+            x, y = x.to(device), y.to(device)
+            logits, _ = model(x)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
+            if not math.isfinite(loss.item()):
+                raise NonFiniteLoss(f"GPT baseline, stage {stage.name!r} step {step}: loss is {loss.item()}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            seconds += time.perf_counter() - t0
+            global_step += 1
+            acc[f"loss/{names[0]}"].append(loss.item())
+            if on_metrics and (global_step % log_every == 0 or step + 1 == stage.steps):
+                on_metrics({"model": "gpt", "step": global_step, "stage": stage.name, "elapsed_s": seconds,
+                            **{k: sum(v) / len(v) for k, v in acc.items()}})
+                acc.clear()
+    return seconds
+
+
+def final_answer(generation: str, has_cot: bool) -> str:
+    """The answer a generation commits to: after '#### ' for chain-of-thought, else the first line."""
+    if has_cot:
+        found = regex_extract(generation, GSM8K_STRICT)
+        return "" if found == INVALID else found
+    return generation.split("\n", 1)[0]
+
+
+@torch.no_grad()
+def evaluate_gpt(model: GPT, examples: list[Example], tok: Tokenizer, *, max_new_tokens: int = 16,
+                 batch_size: int = 64, group_by: str | None = None, progress: bool = False,
+                 desc: str = "gpt eval") -> QAResult:
+    """Greedy answers (chain of thought where the example has one) scored on their final answer."""
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [tok.encode(ex.prompt) for ex in examples]
+    preds, n_tokens = [""] * len(examples), [0] * len(examples)
+    for rows in tqdm(length_batches(encoded, batch_size), desc=desc, disable=not progress, unit="batch"):
+        idx = torch.tensor([encoded[i] for i in rows], dtype=torch.long, device=device)
+        room = min(max_new_tokens, model.config.max_len - idx.shape[1])
+        out = model.generate(idx, room, eos_id=tok.eos_id)
+        for r, i in enumerate(rows):
+            preds[i], n_tokens[i] = decode_answer(out[r].tolist(), tok)
+    correct = [exact_match(final_answer(p, ex.cot is not None), (ex.target,) + tuple(ex.aliases))
+               for p, ex in zip(preds, examples)]
+    by = {group_by: accuracy_by(examples, correct, group_by)} if group_by else {}
+    n = max(len(examples), 1)
+    return QAResult(accuracy=sum(correct) / n, n=len(examples), tokens_per_answer=sum(n_tokens) / n,
+                    think_iters_per_token=0.0, by=by, predictions=preds)

@@ -1,0 +1,380 @@
+"""`rmt reproduce`: the article's claims measured at a scale this CPU trains, side by side with baselines.
+
+For every seed it trains, on the same data and the same optimizer steps:
+
+    rmt            the RMT of the demo (memory + thinking core + router), curriculum facts -> easy math -> math;
+                   the last stage also sees refinement-format problems (see ``refine.py``)
+    no_memory      the same architecture built without the product-key memory, trained from scratch
+    no_think       the same architecture trained from scratch with the thinking core never run (K = 0)
+    cot_baseline   a GPT of the same parameter count (±10%) writing step-by-step working before math answers
+
+and measures: knowledge EM with memory on/off; math accuracy with recurrence on/off; generated tokens per
+answer (RMT vs chain of thought); extrapolation (math trained on 1–4 steps, tested on 1–8 steps with K from 1 to
+4× the training mean); refinement rounds (accuracy before/after, weights fingerprinted before/after); the
+router's thinking iterations per token on knowledge vs math and the batch-1 wall time per answer with routing
+on vs forced to think. `DIR/report.json` holds the mean over seeds under the demo's keys plus the new ones, and
+every seed's own numbers under "per_seed"; `rmt report DIR` turns it into tables and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rmt.baselines.cot import evaluate_gpt, matching_config, train_gpt
+from rmt.baselines.gpt import GPT
+from rmt.checkpoint import save_model
+from rmt.config import RMTConfig
+from rmt.demo import _subset
+from rmt.evaluate import evaluate_qa
+from rmt.model import RMT
+from rmt.refine import evaluate_refined, refinement_examples
+from rmt.tasks import Example, get_task
+from rmt.tokenizer import ByteTokenizer
+from rmt.training import Stage, Trainer
+
+REFINE_POOL = "arithmetic-refine"
+
+
+@dataclass
+class ReproducePlan:
+    model: RMTConfig
+    stages: list[Stage]
+    facts: dict = field(default_factory=lambda: {"n_entities": 150})
+    arithmetic: dict = field(default_factory=lambda: {"n_train": 50_000, "max_steps": 4})
+    eval_max_steps: int = 8  # extrapolation: test problems with up to this many steps
+    n_knowledge_eval: int = 400
+    n_math_eval: int = 400  # 1..max_steps problems (in distribution)
+    n_extrapolation_per_steps: int = 40  # problems per step count in 1..eval_max_steps
+    think_iters_eval: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 10)  # up to 4x the training mean of K (2.5)
+    refine_rounds: int = 2
+    n_refine_eval: int = 200
+    n_router_timing: int = 12  # questions of each kind timed at batch size 1
+    n_router_examples: int = 2  # questions of each kind whose per-token routing is stored for the heat map
+    cot_max_new_tokens: int = 96
+
+
+def reproduce_plan(quick: bool = False, steps_mult: float = 1.0) -> ReproducePlan:
+    """Stage lengths fit four trainings per seed and three seeds in an hour on a 2-core CPU; `quick` is a
+    smoke-sized run, `steps_mult` trains proportionally longer (what a GPU affords)."""
+    model = RMTConfig(d_model=128, n_prelude=2, n_core=1, n_coda=1, mem_n_keys=64, mem_heads=2, mem_topk=8,
+                      think_iters=4)
+    scale = (0.1 if quick else 1.0) * steps_mult
+
+    def n(steps: int) -> int:
+        return max(5, int(steps * scale))
+
+    mixed = {"arithmetic": 0.75, "facts-synthetic": 0.25}
+    stages = [
+        Stage("facts", n(150), {"facts-synthetic": 1.0}, lr=3e-3, warmup=20, think_iters_min=1, think_iters_max=1,
+              bptt=1, frozen=["router"], router_cost=0.0),
+        Stage("math-easy", n(60), mixed, lr=3e-3, warmup=15, think_iters_min=1, think_iters_max=2,
+              filters={"arithmetic": {"max_steps": 2}}, router_cost=0.0),
+        Stage("math", n(90), {"arithmetic": 0.6, REFINE_POOL: 0.15, "facts-synthetic": 0.25}, lr=2e-3, warmup=10,
+              think_iters_min=1, think_iters_max=4, router_cost=0.002),
+    ]
+    if quick:
+        return ReproducePlan(model, stages, n_knowledge_eval=40, n_math_eval=40, n_extrapolation_per_steps=4,
+                             think_iters_eval=(1, 4, 10), refine_rounds=1, n_refine_eval=16, n_router_timing=2,
+                             cot_max_new_tokens=64)
+    return ReproducePlan(model, stages)
+
+
+# ----------------------------------------------------------------------------------------------- data
+@dataclass
+class Data:
+    pools: dict[str, list[Example]]
+    knowledge_test: list[Example]
+    math_test: list[Example]  # 1..max_steps (the training range)
+    extrapolation_test: list[Example]  # 1..eval_max_steps, none seen in training
+
+
+def build_data(plan: ReproducePlan, seed: int) -> Data:
+    facts = get_task("facts-synthetic", seed=seed, **plan.facts)
+    arith = get_task("arithmetic", seed=seed, **plan.arithmetic)
+    train = arith.split("train")
+    # A separate generator for longer problems; anything also in the training pool is dropped.
+    long = get_task("arithmetic", seed=seed, max_steps=plan.eval_max_steps, n_train=0,
+                    n_test=plan.n_extrapolation_per_steps * plan.eval_max_steps * 2,
+                    **{k: v for k, v in plan.arithmetic.items() if k not in ("n_train", "max_steps", "n_test")})
+    seen = {ex.prompt for ex in train}
+    per_steps: dict[int, list[Example]] = {}
+    for ex in long.split("test"):
+        if ex.prompt not in seen:
+            per_steps.setdefault(ex.meta["steps"], []).append(ex)
+    extrapolation = [ex for s in sorted(per_steps) for ex in per_steps[s][:plan.n_extrapolation_per_steps]]
+    pools = {"facts-synthetic": facts.split("train"), "arithmetic": train,
+             REFINE_POOL: refinement_examples(train[:20_000], seed)}
+    return Data(pools, _subset(facts.split("test"), plan.n_knowledge_eval, seed),
+                _subset(arith.split("test"), plan.n_math_eval, seed), extrapolation)
+
+
+# ----------------------------------------------------------------------------------------------- training
+def train_rmt(config: RMTConfig, stages: list[Stage], data: Data, seed: int, progress: bool, log) -> tuple[RMT, float]:
+    torch.manual_seed(seed)
+    model = RMT(config)
+    trainer = Trainer(model, ByteTokenizer(), data.pools, seed=seed, on_metrics=log, progress=progress)
+    for i, stage in enumerate(stages):
+        trainer.run_stage(stage, i)
+    return model, trainer.train_seconds
+
+
+def without_thinking(stages: list[Stage]) -> list[Stage]:
+    """The same curriculum with the core never run (K = 0) and no compute cost to pay."""
+    return [replace(s, think_iters_min=0, think_iters_max=0, router_cost=0.0) for s in stages]
+
+
+def for_gpt(stages: list[Stage]) -> list[Stage]:
+    """The same curriculum for the baseline; the refinement-format share goes to plain math problems."""
+    out = []
+    for s in stages:
+        tasks = dict(s.tasks)
+        if REFINE_POOL in tasks:
+            tasks["arithmetic"] = tasks.get("arithmetic", 0.0) + tasks.pop(REFINE_POOL)
+        out.append(replace(s, tasks=tasks))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- measurements
+def routing_examples(model: RMT, examples: list[Example], tok: ByteTokenizer, kind: str) -> list[dict]:
+    """Per-token router probabilities for a few prompts (the heat map in `rmt report`)."""
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for ex in examples:
+            ids = tok.encode(ex.prompt)
+            out = model(torch.tensor([ids]))
+            rows.append({"kind": kind, "prompt": ex.prompt, "tokens": [tok.decode([t]) for t in ids],
+                         "p": [[round(x, 4) for x in r] for r in out.routing.probs[0].tolist()],
+                         "think": out.routing.think_mask[0].int().tolist()})
+    return rows
+
+
+def seconds_per_answer(model: RMT, examples: list[Example], tok: ByteTokenizer, router: str,
+                       max_new_tokens: int) -> float:
+    """Median wall seconds to answer one question at batch size 1 (after one warm-up answer)."""
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for i, ex in enumerate([examples[0]] + examples):
+            idx = torch.tensor([tok.encode(ex.prompt)])
+            t0 = time.perf_counter()
+            model.generate(idx, max_new_tokens, eos_id=tok.eos_id, router=router)
+            if i:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run_seed(plan: ReproducePlan, seed: int, out: Path, progress: bool = True, phases=None) -> dict:
+    """Train and measure everything for one seed; writes out/seed-N/{report.json, metrics.jsonl, checkpoint}."""
+    t_seed = time.perf_counter()
+    random.seed(seed)
+    torch.manual_seed(seed)
+    d = out / f"seed-{seed}"
+    d.mkdir(parents=True, exist_ok=True)
+    tok = ByteTokenizer()
+    data = build_data(plan, seed)
+    metrics = (d / "metrics.jsonl").open("w")
+
+    def logger(model: str):
+        def log(m: dict) -> None:
+            metrics.write(json.dumps({"model": model, **m}) + "\n")
+            metrics.flush()
+        return log
+
+    def phase(name: str) -> None:
+        if phases is not None:
+            phases.set_postfix_str(f"seed {seed}: {name}")
+            phases.update(1)
+
+    ev = dict(progress=progress, batch_size=128)
+    k_mean = statistics.mean(range(plan.stages[-1].think_iters_min, plan.stages[-1].think_iters_max + 1))
+
+    # --- RMT, the full model
+    model, rmt_seconds = train_rmt(plan.model, plan.stages, data, seed, progress, logger("rmt"))
+    save_model(model, d / "checkpoint", tok)
+    phase("rmt trained")
+    know = evaluate_qa(model, data.knowledge_test, tok, max_new_tokens=16, desc="knowledge", **ev)
+    know_off = evaluate_qa(model, data.knowledge_test, tok, max_new_tokens=16, memory=False,
+                           desc="knowledge, memory off", **ev)
+    math = evaluate_qa(model, data.math_test, tok, max_new_tokens=6, group_by="steps", desc="math", **ev)
+    math_off = evaluate_qa(model, data.math_test, tok, max_new_tokens=6, group_by="steps", think_iters=0,
+                           desc="math, recurrence off", **ev)
+    by_k = {}
+    for k in plan.think_iters_eval:
+        r = evaluate_qa(model, data.extrapolation_test, tok, max_new_tokens=6, group_by="steps", think_iters=k,
+                        desc=f"extrapolation K={k}", **ev)
+        by_k[str(k)] = r
+    if str(model.config.think_iters) not in by_k:
+        raise ValueError(f"think_iters_eval {plan.think_iters_eval} must include the model's K "
+                         f"({model.config.think_iters})")
+    extra = by_k[str(model.config.think_iters)]
+    refine_set = data.math_test[:plan.n_refine_eval]
+    tta = evaluate_refined(model, refine_set, tok, plan.refine_rounds, max_new_tokens=6, batch_size=128,
+                           progress=progress, desc="refine")
+    timing_k = data.knowledge_test[:plan.n_router_timing]
+    timing_m = data.math_test[:plan.n_router_timing]
+    router = {
+        "think_iters_knowledge": know.think_iters_per_token,
+        "think_iters_math": math.think_iters_per_token,
+        "ratio_math_to_knowledge": math.think_iters_per_token / max(know.think_iters_per_token, 1e-9),
+        "seconds_per_answer_batch1": {
+            "math": {"routed": seconds_per_answer(model, timing_m, tok, "learned", 6),
+                     "forced_think": seconds_per_answer(model, timing_m, tok, "think", 6)},
+            "knowledge": {"routed": seconds_per_answer(model, timing_k, tok, "learned", 16),
+                          "forced_think": seconds_per_answer(model, timing_k, tok, "think", 16)},
+        },
+    }
+    examples = (routing_examples(model, data.knowledge_test[:plan.n_router_examples], tok, "knowledge")
+                + routing_examples(model, data.math_test[:plan.n_router_examples], tok, "math"))
+    params = model.num_params()
+    del model
+    phase("rmt measured")
+
+    # --- architecture ablations, trained from scratch on the same data and steps
+    no_mem, no_mem_seconds = train_rmt(replace(plan.model, memory=False), plan.stages, data, seed, progress,
+                                       logger("no_memory"))
+    nm_know = evaluate_qa(no_mem, data.knowledge_test, tok, max_new_tokens=16, desc="no_memory knowledge", **ev)
+    nm_math = evaluate_qa(no_mem, data.math_test, tok, max_new_tokens=6, desc="no_memory math", **ev)
+    del no_mem
+    phase("no_memory")
+    no_think, no_think_seconds = train_rmt(plan.model, without_thinking(plan.stages), data, seed, progress,
+                                           logger("no_think"))
+    nt_know = evaluate_qa(no_think, data.knowledge_test, tok, max_new_tokens=16, think_iters=0,
+                          desc="no_think knowledge", **ev)
+    nt_math = evaluate_qa(no_think, data.math_test, tok, max_new_tokens=6, think_iters=0, desc="no_think math", **ev)
+    del no_think
+    phase("no_think")
+
+    # --- the chain-of-thought transformer of the same size
+    torch.manual_seed(seed)
+    gpt = GPT(matching_config(params))
+    gpt_seconds = train_gpt(gpt, tok, data.pools, for_gpt(plan.stages), seed=seed, progress=progress,
+                            on_metrics=logger("cot_baseline"))
+    cot = evaluate_gpt(gpt, data.math_test, tok, max_new_tokens=plan.cot_max_new_tokens, group_by="steps",
+                       progress=progress, desc="cot math")
+    cot_know = evaluate_gpt(gpt, data.knowledge_test, tok, max_new_tokens=16, progress=progress, desc="cot knowledge")
+    phase("cot_baseline")
+    metrics.close()
+
+    report = {
+        "seed": seed,
+        "wall_seconds": round(time.perf_counter() - t_seed, 1),
+        "train_seconds": round(rmt_seconds, 1),
+        "params": params,
+        "knowledge": {"em": know.accuracy, "em_memory_off": know_off.accuracy, "n": know.n,
+                      "think_iters_per_token": know.think_iters_per_token},
+        "math": {"acc": math.accuracy, "acc_recurrence_off": math_off.accuracy, "n": math.n,
+                 "acc_by_steps_trained_range": math.by["steps"],
+                 "acc_by_steps_trained_range_recurrence_off": math_off.by["steps"],
+                 "tokens_per_answer": math.tokens_per_answer, "think_iters_per_token": math.think_iters_per_token,
+                 # extrapolation: problems of 1..eval_max_steps, trained on 1..max_steps
+                 "acc_by_steps": extra.by["steps"], "n_extrapolation": extra.n,
+                 "acc_by_think_iters": {k: r.accuracy for k, r in by_k.items()},
+                 "acc_by_steps_by_think_iters": {k: r.by["steps"] for k, r in by_k.items()},
+                 "train_steps_max": plan.arithmetic.get("max_steps", 4), "train_think_iters_mean": k_mean,
+                 "think_iters_default": plan.model.think_iters},
+        "cot_baseline": {"params": gpt.num_params(), "acc": cot.accuracy, "tokens_per_answer": cot.tokens_per_answer,
+                         "acc_by_steps": cot.by["steps"], "knowledge_em": cot_know.accuracy,
+                         "train_seconds": round(gpt_seconds, 1), "n_layer": gpt.config.n_layer,
+                         "d_model": gpt.config.d_model},
+        "tta": {"acc_before": tta.acc_before, "acc_after": tta.acc_after, "weights_unchanged": tta.weights_unchanged,
+                "rounds": plan.refine_rounds, "rounds_run": tta.rounds_run,
+                "acc_by_round": tta.accuracy_by_round, "tokens_per_answer": tta.tokens_per_answer,
+                "n": len(refine_set)},
+        "router": router,
+        "ablations_from_scratch": {
+            "no_memory": {"em": nm_know.accuracy, "acc": nm_math.accuracy, "train_seconds": round(no_mem_seconds, 1)},
+            "no_think": {"em": nt_know.accuracy, "acc": nt_math.accuracy, "train_seconds": round(no_think_seconds, 1)},
+        },
+        "router_examples": examples,
+        "stages": [{"name": s.name, "steps": s.steps, "tasks": s.tasks} for s in plan.stages],
+    }
+    (d / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+# ----------------------------------------------------------------------------------------------- aggregation
+def mean_over_seeds(reports: list[dict]) -> dict:
+    """Numbers averaged over seeds, nested like one report; a leaf that is not a number keeps the first seed's."""
+    def merge(values: list):
+        first = values[0]
+        if isinstance(first, dict):
+            keys = [k for k in first if all(isinstance(v, dict) and k in v for v in values)]
+            return {k: merge([v[k] for v in values]) for k in keys}
+        if isinstance(first, bool):
+            return all(values)
+        if isinstance(first, (int, float)):
+            return statistics.mean(values)
+        return first
+    skip = {"router_examples", "seed", "stages"}
+    return merge([{k: v for k, v in r.items() if k not in skip} for r in reports])
+
+
+def run_reproduce(seeds: list[int], out: str | Path, quick: bool = False, steps_mult: float = 1.0,
+                  progress: bool = True) -> dict:
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = reproduce_plan(quick, steps_mult)
+    per_seed = {}
+    with tqdm(total=4 * len(seeds), desc="reproduce", unit="phase", disable=not progress) as phases:
+        for seed in seeds:
+            per_seed[str(seed)] = run_seed(plan, seed, out, progress=progress, phases=phases)
+    report = {
+        **mean_over_seeds(list(per_seed.values())),
+        "seeds": seeds,
+        "quick": quick,
+        "steps_mult": steps_mult,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "stages": [{"name": s.name, "steps": s.steps, "tasks": s.tasks} for s in plan.stages],
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": "cpu",
+                    "threads": torch.get_num_threads()},
+        "command": f"rmt reproduce --seeds {','.join(map(str, seeds))} --out {out}"
+                   + (" --quick" if quick else "") + (f" --steps-mult {steps_mult}" if steps_mult != 1.0 else ""),
+        "per_seed": per_seed,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"rmt reproduce: error: --seeds: expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"rmt reproduce: error: --seeds: expected distinct seeds, got {text!r}")
+    return seeds
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="train RMT, ablations and a CoT baseline per seed; measure the claims")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--seed", type=int, help="one seed (same as --seeds N)")
+    p.add_argument("--out", default="runs/reproduce", help="output folder (report.json, seed-N/)")
+    p.add_argument("--quick", action="store_true", help="a smoke-sized run")
+    p.add_argument("--steps-mult", type=float, default=1.0, help="train this many times longer")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.steps_mult <= 0:
+        raise SystemExit(f"rmt reproduce: error: --steps-mult: expected > 0, got {args.steps_mult}")
+    seeds = [args.seed] if args.seed is not None else parse_seeds(args.seeds)
+    report = run_reproduce(seeds, args.out, quick=args.quick, steps_mult=args.steps_mult,
+                           progress=not args.no_progress)
+    from rmt.report import headline_table
+    print(headline_table([report]))
+    print(f"report: {Path(args.out) / 'report.json'}; tables and plots: rmt report {args.out}")
+    return 0

@@ -1,0 +1,227 @@
+"""Issue #5: refinement rounds, the chain-of-thought baseline, `rmt reproduce` end to end (tiny) and `rmt report`."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from rmt.baselines.cot import evaluate_gpt, final_answer, matching_config, train_gpt
+from rmt.baselines.gpt import GPT
+from rmt.config import RMTConfig
+from rmt.evaluate import evaluate_qa
+from rmt.model import RMT
+from rmt.refine import evaluate_refined, refine_prompt, refinement_examples, weights_fingerprint
+from rmt.report import ReportError, claims, load_seed_reports, write_report
+from rmt.reproduce import (REFINE_POOL, ReproducePlan, build_data, for_gpt, mean_over_seeds, parse_seeds,
+                           run_seed, without_thinking)
+from rmt.tasks import Example, get_task
+from rmt.tokenizer import ByteTokenizer
+from rmt.training import Stage
+
+from tests.test_training import TINY
+
+
+def _arith(n: int = 40) -> list[Example]:
+    return get_task("arithmetic", n_train=n, n_validation=0, n_test=0, seed=0).split("train")
+
+
+# ----------------------------------------------------------------------------------------------- refinement
+def test_refine_prompt_rereads_the_question_after_the_draft():
+    assert refine_prompt("Q: 2+2? A:", " 5\nignored") == "Q: 2+2? A: 5\nQ: 2+2? A:"
+
+
+def test_refinement_examples_mix_right_and_wrong_drafts_and_keep_the_target():
+    examples = _arith(400)
+    refined = refinement_examples(examples, seed=0)
+    right = [ex.meta["refine_draft_right"] for ex in refined]
+    assert 0.4 < sum(right) / len(right) < 0.6
+    for ex, r in zip(examples, refined):
+        assert r.target == ex.target and r.prompt.startswith(ex.prompt) and r.prompt.endswith("\n" + ex.prompt)
+        draft = r.prompt[len(ex.prompt):].split("\n")[0]
+        assert (draft == ex.target) == r.meta["refine_draft_right"]
+    assert refinement_examples(examples, seed=0) == refined  # deterministic
+
+
+def test_weights_fingerprint_sees_a_one_ulp_change():
+    torch.manual_seed(0)
+    model = RMT(RMTConfig(**TINY))
+    before = weights_fingerprint(model)
+    assert weights_fingerprint(model) == before
+    with torch.no_grad():
+        w = model.embed.weight
+        w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(1.0))
+    assert weights_fingerprint(model) != before
+
+
+def test_refinement_leaves_weights_identical_and_round_zero_is_plain_evaluation():
+    torch.manual_seed(0)
+    model = RMT(RMTConfig(**TINY))
+    tok = ByteTokenizer()
+    examples = _arith(12)
+    res = evaluate_refined(model, examples, tok, rounds=2, max_new_tokens=4)
+    assert res.weights_unchanged
+    assert len(res.accuracy_by_round) == 3
+    assert 0 <= res.rounds_run <= 2
+    plain = evaluate_qa(model, examples, tok, max_new_tokens=4)
+    assert res.acc_before == plain.accuracy
+    zero = evaluate_refined(model, examples, tok, rounds=0, max_new_tokens=4)
+    assert zero.accuracy_by_round == [plain.accuracy] and zero.rounds_run == 0
+    assert zero.predictions == [p.split("\n")[0] for p in plain.predictions]
+    with pytest.raises(ValueError, match="rounds"):
+        evaluate_refined(model, examples, tok, rounds=-1)
+
+
+# ----------------------------------------------------------------------------------------------- CoT baseline
+def test_matching_config_is_within_ten_percent():
+    for n in (300_000, 1_511_299, 5_000_000):
+        cfg = matching_config(n)
+        with torch.device("meta"):
+            got = GPT(cfg).num_params()
+        assert abs(got - n) / n <= 0.10, (n, cfg, got)
+
+
+def test_final_answer_reads_the_strict_gsm8k_marker():
+    assert final_answer(" 7 + 5 = 12. 12 * 2 = 24. #### 24", has_cot=True) == "24"
+    assert final_answer(" 7 + 5 = 12.", has_cot=True) == ""  # no marker: no answer
+    assert final_answer(" Paris\nmore", has_cot=False) == " Paris"
+
+
+def test_cot_baseline_learns_and_counts_every_generated_token():
+    torch.manual_seed(0)
+    tok = ByteTokenizer()
+    examples = _arith(4)
+    gpt = GPT(matching_config(200_000, d_model=64, max_len=256))
+    stages = [Stage("math", 120, {"arithmetic": 1.0}, batch_size=4, lr=3e-3, warmup=10)]
+    seconds = train_gpt(gpt, tok, {"arithmetic": examples}, stages, seed=0, progress=False)
+    assert seconds > 0
+    res = evaluate_gpt(gpt, examples, tok, max_new_tokens=120, group_by="steps")
+    assert res.accuracy == 1.0  # four memorised problems
+    expected = sum(len(tok.encode(ex.cot)) + 1 for ex in examples) / len(examples)  # working + end marker
+    assert res.tokens_per_answer == expected
+    assert all("####" in p for p in res.predictions)
+
+
+# ----------------------------------------------------------------------------------------------- reproduce
+def _tiny_plan() -> ReproducePlan:
+    stages = [Stage("facts", 2, {"facts-synthetic": 1.0}, batch_size=4, warmup=1, think_iters_min=1,
+                    think_iters_max=1, frozen=["router"], router_cost=0.0),
+              Stage("math", 2, {"arithmetic": 0.5, REFINE_POOL: 0.25, "facts-synthetic": 0.25}, batch_size=4,
+                    warmup=1, think_iters_min=1, think_iters_max=3)]
+    return ReproducePlan(RMTConfig(**TINY), stages, facts={"n_entities": 20, "n_validation": 10},
+                         arithmetic={"n_train": 300, "max_steps": 2, "n_test": 20, "n_validation": 10},
+                         eval_max_steps=3, n_knowledge_eval=6, n_math_eval=6, n_extrapolation_per_steps=2,
+                         think_iters_eval=(1, 2, 4), refine_rounds=1, n_refine_eval=4, n_router_timing=1,
+                         n_router_examples=1, cot_max_new_tokens=24)
+
+
+def test_extrapolation_set_has_longer_problems_never_seen_in_training():
+    plan = _tiny_plan()
+    data = build_data(plan, seed=0)
+    train = {ex.prompt for ex in data.pools["arithmetic"]}
+    steps = sorted({ex.meta["steps"] for ex in data.extrapolation_test})
+    assert steps == [1, 2, 3]
+    assert not any(ex.prompt in train for ex in data.extrapolation_test)
+    assert all(ex.meta["steps"] <= 2 for ex in data.math_test)
+
+
+def test_curriculum_variants():
+    stages = _tiny_plan().stages
+    assert all(s.think_iters_max == 0 and s.router_cost == 0 for s in without_thinking(stages))
+    gpt_math = for_gpt(stages)[1]
+    assert REFINE_POOL not in gpt_math.tasks and gpt_math.tasks["arithmetic"] == 0.75
+
+
+def test_run_seed_writes_every_key_the_issue_names(tmp_path):
+    report = run_seed(_tiny_plan(), seed=0, out=tmp_path, progress=False)
+    on_disk = json.loads((tmp_path / "seed-0" / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert {"params", "acc", "tokens_per_answer"} <= set(report["cot_baseline"])
+    assert abs(report["cot_baseline"]["params"] - report["params"]) / report["params"] <= 0.10
+    assert set(report["math"]["acc_by_steps"]) == {"1", "2", "3"}
+    assert set(report["math"]["acc_by_think_iters"]) == {"1", "2", "4"}
+    assert report["tta"]["weights_unchanged"] is True
+    assert {"acc_before", "acc_after"} <= set(report["tta"])
+    assert {"think_iters_knowledge", "think_iters_math"} <= set(report["router"])
+    assert {"em", "acc"} <= set(report["ablations_from_scratch"]["no_memory"])
+    assert {"em", "acc"} <= set(report["ablations_from_scratch"]["no_think"])
+    assert {"em", "em_memory_off"} <= set(report["knowledge"]) and "acc_recurrence_off" in report["math"]
+    # the checkpoint written is the RMT that was measured
+    assert (tmp_path / "seed-0" / "checkpoint" / "model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------------------------- report
+def _fake_seed(seed: int, acc: float) -> dict:
+    """A seed report shaped like run_seed's, with chosen numbers (to check the arithmetic of the report)."""
+    steps = {"1": acc, "2": acc, "3": acc / 2}
+    return {
+        "seed": seed, "params": 1000, "train_seconds": 10.0,
+        "knowledge": {"em": 0.9, "em_memory_off": 0.5},
+        "math": {"acc": acc, "acc_recurrence_off": acc / 4, "tokens_per_answer": 3.0, "acc_by_steps": steps,
+                 "acc_by_steps_trained_range_recurrence_off": {"1": 0.1, "2": 0.1},
+                 "acc_by_think_iters": {"1": acc / 2, "4": acc, "8": acc},
+                 "acc_by_steps_by_think_iters": {"1": {"1": acc, "2": acc / 2, "3": 0.0}, "4": steps,
+                                                 "8": {"1": acc, "2": acc, "3": acc}},
+                 "train_steps_max": 2, "train_think_iters_mean": 2.0, "think_iters_default": 4},
+        "cot_baseline": {"params": 1050, "acc": 0.5, "tokens_per_answer": 40.0, "acc_by_steps": {"1": 0.6, "2": 0.4},
+                         "knowledge_em": 0.3, "train_seconds": 5.0},
+        "tta": {"acc_before": acc, "acc_after": acc, "weights_unchanged": True, "acc_by_round": [acc, acc],
+                "rounds_run": 1.0, "tokens_per_answer": 6.0},
+        "router": {"think_iters_knowledge": 0.5, "think_iters_math": 2.0,
+                   "seconds_per_answer_batch1": {k: {"routed": 0.01, "forced_think": 0.02}
+                                                 for k in ("math", "knowledge")}},
+        "ablations_from_scratch": {"no_memory": {"em": 0.6, "acc": acc, "train_seconds": 9.0},
+                                   "no_think": {"em": 0.9, "acc": 0.1, "train_seconds": 4.0}},
+        "router_examples": [{"kind": "math", "prompt": "Q: A:", "tokens": list("Q: A:"),
+                             "p": [[0.2, 0.4, 0.4]] * 5, "think": [1] * 5}],
+    }
+
+
+def test_report_tables_and_plots(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    seeds = [_fake_seed(0, 0.6), _fake_seed(1, 0.8)]
+    (run / "report.json").write_text(json.dumps({**mean_over_seeds(seeds), "per_seed": {"0": seeds[0], "1": seeds[1]}}))
+    path = write_report([run])
+    text = path.read_text()
+    assert "0.700 ± 0.141" in text  # math accuracy over the two seeds
+    for png in ("acc_vs_think_iters", "acc_vs_steps", "ablations", "tokens_per_answer", "router_heatmap"):
+        assert (run / f"{png}.png").stat().st_size > 1000
+    verdicts = {c: ok for c, _, _, ok in claims(load_seed_reports([run]))}
+    assert verdicts["RMT math accuracy ≥ CoT baseline's"] is True  # 0.7 vs 0.5
+    assert verdicts["…with ≥ 10× fewer generated tokens per answer"] is True  # 3 vs 40
+    assert verdicts["memory off (switch): knowledge EM ≥ 20 points lower"] is True  # 0.9 -> 0.5
+    assert verdicts["router: ≥ 3× more thinking iterations per token on math than knowledge"] is True  # 4x
+    assert verdicts["recurrence off (trained without): math accuracy at most half"] is True
+
+
+def test_report_rejects_bad_runs(tmp_path):
+    with pytest.raises(ReportError, match="no report.json"):
+        load_seed_reports([tmp_path])
+    (tmp_path / "report.json").write_text("{not json")
+    with pytest.raises(ReportError, match="not valid JSON"):
+        load_seed_reports([tmp_path])
+    (tmp_path / "report.json").write_text(json.dumps({"seed": 0, "math": {}}))
+    with pytest.raises(ReportError, match="lacks"):
+        load_seed_reports([tmp_path])
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "report.json").write_text(json.dumps(_fake_seed(3, 0.5)))
+    with pytest.raises(ReportError, match="repeat a seed"):
+        load_seed_reports([a, b])
+
+
+def test_parse_seeds():
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    for bad in ("a,b", "1,1", ""):
+        with pytest.raises(SystemExit):
+            parse_seeds(bad)
+
+
+def test_mean_over_seeds_nests():
+    m = mean_over_seeds([_fake_seed(0, 0.6), _fake_seed(1, 0.8)])
+    assert m["math"]["acc"] == pytest.approx(0.7)
+    assert m["math"]["acc_by_think_iters"]["1"] == pytest.approx(0.35)
+    assert m["tta"]["weights_unchanged"] is True
+    assert "router_examples" not in m
