@@ -1,7 +1,7 @@
 """Issue #5: refinement rounds, the chain-of-thought baseline, `rmt reproduce` end to end (tiny) and `rmt report`."""
 
 import json
-import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ from rmt.model import RMT
 from rmt.refine import evaluate_refined, refine_prompt, refinement_examples, weights_fingerprint
 from rmt.report import ReportError, claims, load_seed_reports, write_report
 from rmt.reproduce import (REFINE_POOL, ReproducePlan, build_data, for_gpt, mean_over_seeds, parse_seeds,
-                           run_seed, without_thinking)
+                           run_reproduce, without_thinking)
 from rmt.tasks import Example, get_task
 from rmt.tokenizer import ByteTokenizer
 from rmt.training import Stage
@@ -132,8 +132,10 @@ def test_curriculum_variants():
     assert REFINE_POOL not in gpt_math.tasks and gpt_math.tasks["arithmetic"] == 0.75
 
 
-def test_run_seed_writes_every_key_the_issue_names(tmp_path):
-    report = run_seed(_tiny_plan(), seed=0, out=tmp_path, progress=False)
+def test_reproduce_writes_every_key_the_issue_names_and_resumes(tmp_path):
+    plan = _tiny_plan()
+    top = run_reproduce([0], tmp_path, progress=False, jobs=1, plan=plan)
+    report = top["per_seed"]["0"]
     on_disk = json.loads((tmp_path / "seed-0" / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert {"params", "acc", "tokens_per_answer"} <= set(report["cot_baseline"])
@@ -146,8 +148,23 @@ def test_run_seed_writes_every_key_the_issue_names(tmp_path):
     assert {"em", "acc"} <= set(report["ablations_from_scratch"]["no_memory"])
     assert {"em", "acc"} <= set(report["ablations_from_scratch"]["no_think"])
     assert {"em", "em_memory_off"} <= set(report["knowledge"]) and "acc_recurrence_off" in report["math"]
+    assert top["math"]["acc"] == report["math"]["acc"] and top["seeds"] == [0]
     # the checkpoint written is the RMT that was measured
     assert (tmp_path / "seed-0" / "checkpoint" / "model.safetensors").is_file()
+    # A finished job is not run again (a killed run continues where it stopped) ...
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "seed-0").glob("*.json") if p.name != "report.json"}
+    (tmp_path / "seed-0" / "no_think.json").unlink()
+    again = run_reproduce([0], tmp_path, progress=False, jobs=1, plan=plan)
+    assert again["per_seed"]["0"]["ablations_from_scratch"] == report["ablations_from_scratch"] | {
+        "no_think": {**report["ablations_from_scratch"]["no_think"],
+                     "wall_seconds": again["per_seed"]["0"]["ablations_from_scratch"]["no_think"]["wall_seconds"],
+                     "train_seconds": again["per_seed"]["0"]["ablations_from_scratch"]["no_think"]["train_seconds"]}}
+    for name, stamp in stamps.items():
+        if name != "no_think.json":
+            assert (tmp_path / "seed-0" / name).stat().st_mtime_ns == stamp
+    # ... and a folder holding another plan's results is refused.
+    with pytest.raises(ValueError, match="different plan"):
+        run_reproduce([0], tmp_path, progress=False, jobs=1, plan=replace(plan, refine_rounds=2))
 
 
 # ----------------------------------------------------------------------------------------------- report

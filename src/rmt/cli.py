@@ -10,12 +10,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmt", description="Recurrent Memory Transformer")
     sub = parser.add_subparsers(dest="command", required=True)
     # Imported lazily so `rmt --help` stays fast and one broken sub-command cannot hide the others.
-    from rmt import bench, demo, report, reproduce
+    from rmt import bench, demo, generate, report, reproduce
     from rmt.tasks import commands as task_commands
     from rmt.training import commands as training_commands
 
     demo.register(sub)
     bench.register(sub)
+    generate.register(sub)
     reproduce.register(sub)
     report.register(sub)
     training_commands.register(sub)

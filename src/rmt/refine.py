@@ -126,3 +126,24 @@ def evaluate_refined(model: RMT, examples: list[Example], tok: Tokenizer, rounds
         history.append(accuracy())
     n = max(len(examples), 1)
     return RefinedResult(history, rounds_run / n, tokens / n, weights_fingerprint(model) == before, preds)
+
+
+@torch.no_grad()
+def refine_answer(model: RMT, tok: Tokenizer, prompt: str, rounds: int, *, max_new_tokens: int = 32,
+                  **generate_kwargs) -> list[str]:
+    """One prompt's answers round by round: [draft, round 1, ...], stopping once an answer repeats."""
+    model.eval()
+    device = next(model.parameters()).device
+
+    def answer(text: str) -> str:
+        idx = torch.tensor([tok.encode(text)], dtype=torch.long, device=device)
+        ids = model.generate(idx, max_new_tokens, eos_id=tok.eos_id, **generate_kwargs).tokens[0].tolist()
+        ids = ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids
+        return tok.decode([t for t in ids if t != tok.pad_id])
+
+    answers = [answer(prompt)]
+    for _ in range(rounds):
+        answers.append(answer(refine_prompt(prompt, answers[-1])))
+        if answers[-1] == answers[-2]:
+            break
+    return answers

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import platform
 import random
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,7 +35,7 @@ from tqdm import tqdm
 
 from rmt.baselines.cot import evaluate_gpt, matching_config, train_gpt
 from rmt.baselines.gpt import GPT
-from rmt.checkpoint import save_model
+from rmt.checkpoint import atomic_write, save_model
 from rmt.config import RMTConfig
 from rmt.demo import _subset
 from rmt.evaluate import evaluate_qa
@@ -49,13 +52,14 @@ REFINE_POOL = "arithmetic-refine"
 class ReproducePlan:
     model: RMTConfig
     stages: list[Stage]
-    facts: dict = field(default_factory=lambda: {"n_entities": 150})
+    # 60 people x 4 attributes = 240 facts: few enough to be seen ~8 times each in the facts stage
+    facts: dict = field(default_factory=lambda: {"n_entities": 60, "n_validation": 40})
     arithmetic: dict = field(default_factory=lambda: {"n_train": 50_000, "max_steps": 4})
     eval_max_steps: int = 8  # extrapolation: test problems with up to this many steps
-    n_knowledge_eval: int = 400
+    n_knowledge_eval: int = 200
     n_math_eval: int = 400  # 1..max_steps problems (in distribution)
-    n_extrapolation_per_steps: int = 40  # problems per step count in 1..eval_max_steps
-    think_iters_eval: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 10)  # up to 4x the training mean of K (2.5)
+    n_extrapolation_per_steps: int = 30  # problems per step count in 1..eval_max_steps
+    think_iters_eval: tuple[int, ...] = (1, 2, 4, 6, 10)  # up to 4x the training mean of K (2.5)
     refine_rounds: int = 2
     n_refine_eval: int = 200
     n_router_timing: int = 12  # questions of each kind timed at batch size 1
@@ -174,103 +178,90 @@ def seconds_per_answer(model: RMT, examples: list[Example], tok: ByteTokenizer, 
     return statistics.median(times)
 
 
-def run_seed(plan: ReproducePlan, seed: int, out: Path, progress: bool = True, phases=None) -> dict:
-    """Train and measure everything for one seed; writes out/seed-N/{report.json, metrics.jsonl, checkpoint}."""
-    t_seed = time.perf_counter()
+VARIANTS = ("rmt", "no_memory", "no_think", "cot_baseline")
+
+
+def run_job(plan: ReproducePlan, seed: int, variant: str, out: Path, progress: bool = True) -> dict:
+    """Train and measure one model of one seed -> its numbers, also written to out/seed-N/VARIANT.json.
+
+    Jobs are independent (each builds its own data from the seed), so they can run in parallel processes
+    and a killed reproduction re-runs only the jobs whose JSON is missing.
+    """
+    t0 = time.perf_counter()
     random.seed(seed)
     torch.manual_seed(seed)
     d = out / f"seed-{seed}"
     d.mkdir(parents=True, exist_ok=True)
     tok = ByteTokenizer()
     data = build_data(plan, seed)
-    metrics = (d / "metrics.jsonl").open("w")
-
-    def logger(model: str):
-        def log(m: dict) -> None:
-            metrics.write(json.dumps({"model": model, **m}) + "\n")
-            metrics.flush()
-        return log
-
-    def phase(name: str) -> None:
-        if phases is not None:
-            phases.set_postfix_str(f"seed {seed}: {name}")
-            phases.update(1)
-
     ev = dict(progress=progress, batch_size=128)
-    k_mean = statistics.mean(range(plan.stages[-1].think_iters_min, plan.stages[-1].think_iters_max + 1))
+    with (d / f"metrics-{variant}.jsonl").open("w") as metrics:
+        def log(m: dict) -> None:
+            metrics.write(json.dumps({"model": variant, **m}) + "\n")
+            metrics.flush()
 
-    # --- RMT, the full model
-    model, rmt_seconds = train_rmt(plan.model, plan.stages, data, seed, progress, logger("rmt"))
+        if variant == "rmt":
+            result = _measure_rmt(plan, data, seed, d, tok, log, ev, progress)
+        elif variant == "no_memory":
+            model, seconds = train_rmt(replace(plan.model, memory=False), plan.stages, data, seed, progress, log)
+            result = {"em": evaluate_qa(model, data.knowledge_test, tok, max_new_tokens=16, desc="no_memory knowledge",
+                                        **ev).accuracy,
+                      "acc": evaluate_qa(model, data.math_test, tok, max_new_tokens=6, desc="no_memory math",
+                                         **ev).accuracy,
+                      "train_seconds": round(seconds, 1)}
+        elif variant == "no_think":
+            model, seconds = train_rmt(plan.model, without_thinking(plan.stages), data, seed, progress, log)
+            result = {"em": evaluate_qa(model, data.knowledge_test, tok, max_new_tokens=16, think_iters=0,
+                                        desc="no_think knowledge", **ev).accuracy,
+                      "acc": evaluate_qa(model, data.math_test, tok, max_new_tokens=6, think_iters=0,
+                                         desc="no_think math", **ev).accuracy,
+                      "train_seconds": round(seconds, 1)}
+        elif variant == "cot_baseline":
+            with torch.device("meta"):
+                rmt_params = RMT(plan.model).num_params()
+            torch.manual_seed(seed)
+            gpt = GPT(matching_config(rmt_params))
+            seconds = train_gpt(gpt, tok, data.pools, for_gpt(plan.stages), seed=seed, progress=progress,
+                                on_metrics=log)
+            cot = evaluate_gpt(gpt, data.math_test, tok, max_new_tokens=plan.cot_max_new_tokens, group_by="steps",
+                               progress=progress, desc="cot math")
+            know = evaluate_gpt(gpt, data.knowledge_test, tok, max_new_tokens=16, progress=progress,
+                                desc="cot knowledge")
+            result = {"params": gpt.num_params(), "acc": cot.accuracy, "tokens_per_answer": cot.tokens_per_answer,
+                      "acc_by_steps": cot.by["steps"], "knowledge_em": know.accuracy,
+                      "train_seconds": round(seconds, 1), "n_layer": gpt.config.n_layer,
+                      "d_model": gpt.config.d_model}
+        else:
+            raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    atomic_write(d / f"{variant}.json", lambda f: f.write_text(json.dumps(result, indent=2) + "\n"))
+    return result
+
+
+def _measure_rmt(plan: ReproducePlan, data: Data, seed: int, d: Path, tok: ByteTokenizer, log, ev: dict,
+                 progress: bool) -> dict:
+    """The full model: train, save, then every measurement that needs it."""
+    k_mean = statistics.mean(range(plan.stages[-1].think_iters_min, plan.stages[-1].think_iters_max + 1))
+    model, seconds = train_rmt(plan.model, plan.stages, data, seed, progress, log)
     save_model(model, d / "checkpoint", tok)
-    phase("rmt trained")
     know = evaluate_qa(model, data.knowledge_test, tok, max_new_tokens=16, desc="knowledge", **ev)
     know_off = evaluate_qa(model, data.knowledge_test, tok, max_new_tokens=16, memory=False,
                            desc="knowledge, memory off", **ev)
     math = evaluate_qa(model, data.math_test, tok, max_new_tokens=6, group_by="steps", desc="math", **ev)
     math_off = evaluate_qa(model, data.math_test, tok, max_new_tokens=6, group_by="steps", think_iters=0,
                            desc="math, recurrence off", **ev)
-    by_k = {}
-    for k in plan.think_iters_eval:
-        r = evaluate_qa(model, data.extrapolation_test, tok, max_new_tokens=6, group_by="steps", think_iters=k,
-                        desc=f"extrapolation K={k}", **ev)
-        by_k[str(k)] = r
-    if str(model.config.think_iters) not in by_k:
-        raise ValueError(f"think_iters_eval {plan.think_iters_eval} must include the model's K "
-                         f"({model.config.think_iters})")
-    extra = by_k[str(model.config.think_iters)]
+    if plan.model.think_iters not in plan.think_iters_eval:
+        raise ValueError(f"think_iters_eval {plan.think_iters_eval} must include the model's K ({plan.model.think_iters})")
+    by_k = {str(k): evaluate_qa(model, data.extrapolation_test, tok, max_new_tokens=6, group_by="steps",
+                                think_iters=k, desc=f"extrapolation K={k}", **ev) for k in plan.think_iters_eval}
+    extra = by_k[str(plan.model.think_iters)]
     refine_set = data.math_test[:plan.n_refine_eval]
     tta = evaluate_refined(model, refine_set, tok, plan.refine_rounds, max_new_tokens=6, batch_size=128,
                            progress=progress, desc="refine")
-    timing_k = data.knowledge_test[:plan.n_router_timing]
-    timing_m = data.math_test[:plan.n_router_timing]
-    router = {
-        "think_iters_knowledge": know.think_iters_per_token,
-        "think_iters_math": math.think_iters_per_token,
-        "ratio_math_to_knowledge": math.think_iters_per_token / max(know.think_iters_per_token, 1e-9),
-        "seconds_per_answer_batch1": {
-            "math": {"routed": seconds_per_answer(model, timing_m, tok, "learned", 6),
-                     "forced_think": seconds_per_answer(model, timing_m, tok, "think", 6)},
-            "knowledge": {"routed": seconds_per_answer(model, timing_k, tok, "learned", 16),
-                          "forced_think": seconds_per_answer(model, timing_k, tok, "think", 16)},
-        },
-    }
-    examples = (routing_examples(model, data.knowledge_test[:plan.n_router_examples], tok, "knowledge")
-                + routing_examples(model, data.math_test[:plan.n_router_examples], tok, "math"))
-    params = model.num_params()
-    del model
-    phase("rmt measured")
-
-    # --- architecture ablations, trained from scratch on the same data and steps
-    no_mem, no_mem_seconds = train_rmt(replace(plan.model, memory=False), plan.stages, data, seed, progress,
-                                       logger("no_memory"))
-    nm_know = evaluate_qa(no_mem, data.knowledge_test, tok, max_new_tokens=16, desc="no_memory knowledge", **ev)
-    nm_math = evaluate_qa(no_mem, data.math_test, tok, max_new_tokens=6, desc="no_memory math", **ev)
-    del no_mem
-    phase("no_memory")
-    no_think, no_think_seconds = train_rmt(plan.model, without_thinking(plan.stages), data, seed, progress,
-                                           logger("no_think"))
-    nt_know = evaluate_qa(no_think, data.knowledge_test, tok, max_new_tokens=16, think_iters=0,
-                          desc="no_think knowledge", **ev)
-    nt_math = evaluate_qa(no_think, data.math_test, tok, max_new_tokens=6, think_iters=0, desc="no_think math", **ev)
-    del no_think
-    phase("no_think")
-
-    # --- the chain-of-thought transformer of the same size
-    torch.manual_seed(seed)
-    gpt = GPT(matching_config(params))
-    gpt_seconds = train_gpt(gpt, tok, data.pools, for_gpt(plan.stages), seed=seed, progress=progress,
-                            on_metrics=logger("cot_baseline"))
-    cot = evaluate_gpt(gpt, data.math_test, tok, max_new_tokens=plan.cot_max_new_tokens, group_by="steps",
-                       progress=progress, desc="cot math")
-    cot_know = evaluate_gpt(gpt, data.knowledge_test, tok, max_new_tokens=16, progress=progress, desc="cot knowledge")
-    phase("cot_baseline")
-    metrics.close()
-
-    report = {
-        "seed": seed,
-        "wall_seconds": round(time.perf_counter() - t_seed, 1),
-        "train_seconds": round(rmt_seconds, 1),
-        "params": params,
+    timing_k, timing_m = data.knowledge_test[:plan.n_router_timing], data.math_test[:plan.n_router_timing]
+    return {
+        "train_seconds": round(seconds, 1),
+        "params": model.num_params(),
         "knowledge": {"em": know.accuracy, "em_memory_off": know_off.accuracy, "n": know.n,
                       "think_iters_per_token": know.think_iters_per_token},
         "math": {"acc": math.accuracy, "acc_recurrence_off": math_off.accuracy, "n": math.n,
@@ -283,23 +274,43 @@ def run_seed(plan: ReproducePlan, seed: int, out: Path, progress: bool = True, p
                  "acc_by_steps_by_think_iters": {k: r.by["steps"] for k, r in by_k.items()},
                  "train_steps_max": plan.arithmetic.get("max_steps", 4), "train_think_iters_mean": k_mean,
                  "think_iters_default": plan.model.think_iters},
-        "cot_baseline": {"params": gpt.num_params(), "acc": cot.accuracy, "tokens_per_answer": cot.tokens_per_answer,
-                         "acc_by_steps": cot.by["steps"], "knowledge_em": cot_know.accuracy,
-                         "train_seconds": round(gpt_seconds, 1), "n_layer": gpt.config.n_layer,
-                         "d_model": gpt.config.d_model},
         "tta": {"acc_before": tta.acc_before, "acc_after": tta.acc_after, "weights_unchanged": tta.weights_unchanged,
-                "rounds": plan.refine_rounds, "rounds_run": tta.rounds_run,
-                "acc_by_round": tta.accuracy_by_round, "tokens_per_answer": tta.tokens_per_answer,
-                "n": len(refine_set)},
-        "router": router,
-        "ablations_from_scratch": {
-            "no_memory": {"em": nm_know.accuracy, "acc": nm_math.accuracy, "train_seconds": round(no_mem_seconds, 1)},
-            "no_think": {"em": nt_know.accuracy, "acc": nt_math.accuracy, "train_seconds": round(no_think_seconds, 1)},
+                "rounds": plan.refine_rounds, "rounds_run": tta.rounds_run, "acc_by_round": tta.accuracy_by_round,
+                "tokens_per_answer": tta.tokens_per_answer, "n": len(refine_set)},
+        "router": {
+            "think_iters_knowledge": know.think_iters_per_token,
+            "think_iters_math": math.think_iters_per_token,
+            "ratio_math_to_knowledge": math.think_iters_per_token / max(know.think_iters_per_token, 1e-9),
+            "seconds_per_answer_batch1": {
+                "math": {"routed": seconds_per_answer(model, timing_m, tok, "learned", 6),
+                         "forced_think": seconds_per_answer(model, timing_m, tok, "think", 6)},
+                "knowledge": {"routed": seconds_per_answer(model, timing_k, tok, "learned", 16),
+                              "forced_think": seconds_per_answer(model, timing_k, tok, "think", 16)},
+            },
         },
-        "router_examples": examples,
+        "router_examples": (routing_examples(model, data.knowledge_test[:plan.n_router_examples], tok, "knowledge")
+                            + routing_examples(model, data.math_test[:plan.n_router_examples], tok, "math")),
+    }
+
+
+def seed_report(plan: ReproducePlan, seed: int, jobs: dict[str, dict]) -> dict:
+    """One seed's report from its four jobs, in the demo's layout plus the reproduction's keys."""
+    rmt = jobs["rmt"]
+    return {
+        "seed": seed,
+        **{k: v for k, v in rmt.items() if k != "wall_seconds"},
+        "wall_seconds": round(sum(j["wall_seconds"] for j in jobs.values()), 1),
+        "cot_baseline": jobs["cot_baseline"],
+        "ablations_from_scratch": {"no_memory": jobs["no_memory"], "no_think": jobs["no_think"]},
         "stages": [{"name": s.name, "steps": s.steps, "tasks": s.tasks} for s in plan.stages],
     }
-    (d / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def run_seed(plan: ReproducePlan, seed: int, out: Path, progress: bool = True) -> dict:
+    """Every job of one seed in this process -> the seed's report (also written to out/seed-N/report.json)."""
+    jobs = {v: run_job(plan, seed, v, out, progress) for v in VARIANTS}
+    report = seed_report(plan, seed, jobs)
+    (out / f"seed-{seed}" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -320,16 +331,47 @@ def mean_over_seeds(reports: list[dict]) -> dict:
     return merge([{k: v for k, v in r.items() if k not in skip} for r in reports])
 
 
+def _job_in_subprocess(plan: ReproducePlan, seed: int, variant: str, out: Path, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    return run_job(plan, seed, variant, out, progress=False)
+
+
 def run_reproduce(seeds: list[int], out: str | Path, quick: bool = False, steps_mult: float = 1.0,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, jobs: int = 1, plan: ReproducePlan | None = None) -> dict:
+    """All seeds' jobs (in `jobs` processes, one thread each when more than one) -> the aggregated report.
+
+    A job whose result is already in out/seed-N/VARIANT.json is not run again, so a killed reproduction
+    continues where it stopped; out/plan.json guards against continuing with a different plan.
+    """
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plan = reproduce_plan(quick, steps_mult)
+    plan = plan or reproduce_plan(quick, steps_mult)
+    plan_json = json.dumps(plan_dict(plan), indent=2, sort_keys=True) + "\n"
+    if (out / "plan.json").is_file() and (out / "plan.json").read_text() != plan_json:
+        raise ValueError(f"{out}: holds results of a different plan ({out / 'plan.json'}); use a new --out")
+    atomic_write(out / "plan.json", lambda f: f.write_text(plan_json))
+    todo = [(s, v) for s in seeds for v in VARIANTS if not (out / f"seed-{s}" / f"{v}.json").is_file()]
+    bar = tqdm(total=len(seeds) * len(VARIANTS), initial=len(seeds) * len(VARIANTS) - len(todo), desc="reproduce",
+               unit="job", disable=not progress)
+    if jobs == 1:
+        for s, v in todo:
+            bar.set_postfix_str(f"seed {s} {v}")
+            run_job(plan, s, v, out, progress)
+            bar.update(1)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_job_in_subprocess, plan, s, v, out, threads) for s, v in todo]
+            for f in as_completed(futures):
+                f.result()  # re-raises a job's error here
+                bar.update(1)
+    bar.close()
     per_seed = {}
-    with tqdm(total=4 * len(seeds), desc="reproduce", unit="phase", disable=not progress) as phases:
-        for seed in seeds:
-            per_seed[str(seed)] = run_seed(plan, seed, out, progress=progress, phases=phases)
+    for s in seeds:
+        results = {v: json.loads((out / f"seed-{s}" / f"{v}.json").read_text()) for v in VARIANTS}
+        per_seed[str(s)] = seed_report(plan, s, results)
+        (out / f"seed-{s}" / "report.json").write_text(json.dumps(per_seed[str(s)], indent=2) + "\n")
     report = {
         **mean_over_seeds(list(per_seed.values())),
         "seeds": seeds,
@@ -338,13 +380,19 @@ def run_reproduce(seeds: list[int], out: str | Path, quick: bool = False, steps_
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "stages": [{"name": s.name, "steps": s.steps, "tasks": s.tasks} for s in plan.stages],
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": "cpu",
-                    "threads": torch.get_num_threads()},
-        "command": f"rmt reproduce --seeds {','.join(map(str, seeds))} --out {out}"
+                    "cpus": os.cpu_count(), "jobs": jobs},
+        "command": f"rmt reproduce --seeds {','.join(map(str, seeds))} --out {out} --jobs {jobs}"
                    + (" --quick" if quick else "") + (f" --steps-mult {steps_mult}" if steps_mult != 1.0 else ""),
         "per_seed": per_seed,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def plan_dict(plan: ReproducePlan) -> dict:
+    d = asdict(plan)
+    d["think_iters_eval"] = list(plan.think_iters_eval)
+    return json.loads(json.dumps(d))
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -364,6 +412,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/reproduce", help="output folder (report.json, seed-N/)")
     p.add_argument("--quick", action="store_true", help="a smoke-sized run")
     p.add_argument("--steps-mult", type=float, default=1.0, help="train this many times longer")
+    p.add_argument("--jobs", type=int, default=2, help="models trained in parallel processes (default 2, one per core)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_main)
 
@@ -372,8 +421,13 @@ def _main(args: argparse.Namespace) -> int:
     if args.steps_mult <= 0:
         raise SystemExit(f"rmt reproduce: error: --steps-mult: expected > 0, got {args.steps_mult}")
     seeds = [args.seed] if args.seed is not None else parse_seeds(args.seeds)
-    report = run_reproduce(seeds, args.out, quick=args.quick, steps_mult=args.steps_mult,
-                           progress=not args.no_progress)
+    if args.jobs < 1:
+        raise SystemExit(f"rmt reproduce: error: --jobs: expected >= 1, got {args.jobs}")
+    try:
+        report = run_reproduce(seeds, args.out, quick=args.quick, steps_mult=args.steps_mult,
+                               progress=not args.no_progress, jobs=args.jobs)
+    except ValueError as e:
+        raise SystemExit(f"rmt reproduce: error: {e}") from None
     from rmt.report import headline_table
     print(headline_table([report]))
     print(f"report: {Path(args.out) / 'report.json'}; tables and plots: rmt report {args.out}")
