@@ -104,8 +104,9 @@ def test_triviaqa_real_line():
         ("Onion", 1.0),
         (" Allium cepa", 1.0),
         (" The onion", 0.0),  # articles are NOT removed by the harness
-        ("  Onion", 0.0),  # only one leading space is removed
-        (" Onion ", 0.0),  # trailing whitespace is kept
+        ("  Onion", 1.0),  # surrounding whitespace is stripped (lm-eval 0.4.13's remove_whitespace)
+        (" Onion ", 1.0),
+        (" On ion", 0.0),  # inner whitespace is kept
         (" Garlic", 0.0),
     ]:
         assert triviaqa_metrics([generation], [onion["aliases"]]) == {"exact_match": expected}, generation

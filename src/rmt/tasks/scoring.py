@@ -19,7 +19,8 @@ GSM8K (``lm_eval/tasks/gsm8k/gsm8k.yaml``, version 3):
     "(?s).*#### " rule reduces it to the final number (a bare number works too).
 
 TriviaQA (``lm_eval/tasks/triviaqa/default.yaml``):
-    until ["\\n", ".", ","]; filter remove_whitespace (drops ONE leading space, nothing else) then take_first;
+    until ["\\n", ".", ","]; filter remove_whitespace (strips leading and trailing whitespace, as in lm-eval
+    0.4.13's WhitespaceFilter; older harness versions dropped one leading space only) then take_first;
     exact_match with ignore_case=true and ignore_punctuation=true against every alias. Articles are not removed
     and inner/trailing whitespace is kept: that is the harness's behaviour, not SQuAD-style normalisation.
 """
@@ -105,9 +106,8 @@ def gsm8k_metrics(predictions: Sequence[str], answers: Sequence[str]) -> dict[st
 
 
 def triviaqa_prediction(generation: str) -> str:
-    """A raw generation as the harness scores it: cut at newline/period/comma, one leading space removed."""
-    answer = truncate(generation, TRIVIAQA_UNTIL)
-    return answer[1:] if answer.startswith(" ") else answer
+    """A raw generation as the harness scores it: cut at newline/period/comma, surrounding whitespace removed."""
+    return truncate(generation, TRIVIAQA_UNTIL).strip()
 
 
 def triviaqa_metrics(predictions: Sequence[str], aliases_list: Sequence[Sequence[str]]) -> dict[str, float]:
