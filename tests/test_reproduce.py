@@ -242,3 +242,23 @@ def test_mean_over_seeds_nests():
     assert m["math"]["acc_by_think_iters"]["1"] == pytest.approx(0.35)
     assert m["tta"]["weights_unchanged"] is True
     assert "router_examples" not in m
+
+
+def test_eval_and_generate_commands_take_test_time_compute_flags(tmp_path, capsys):
+    from rmt.checkpoint import save_model
+    from rmt.cli import main
+
+    torch.manual_seed(0)
+    save_model(RMT(RMTConfig(**TINY)), tmp_path / "ckpt", ByteTokenizer())
+    assert main(["eval", "--task", "arithmetic", "--checkpoint", str(tmp_path / "ckpt"), "--limit", "6",
+                 "--think-iters", "3", "--refine-rounds", "1", "--max-gen-toks", "4", "--out", str(tmp_path / "ev")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n"] == 6 and out["think_iters"] == 3 and out["weights_unchanged"] is True
+    assert len(out["accuracy_by_round"]) == 2
+    assert len((tmp_path / "ev" / "samples.jsonl").read_text().splitlines()) == 6
+    assert main(["generate", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", "Q: 1? A:", "--think-iters", "2",
+                 "--refine-rounds", "2", "--max-new-tokens", "3", "--json"]) == 0
+    gen = json.loads(capsys.readouterr().out.strip())
+    assert gen["answer"] == gen["rounds"][-1] and 1 <= len(gen["rounds"]) <= 3
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        main(["generate", "--checkpoint", str(tmp_path), "--prompt", "x"])

@@ -32,6 +32,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.task:
+        from rmt.generate import eval_task
+
+        return eval_task(args)
+    if args.refine_rounds:
+        raise SystemExit("--refine-rounds: only with --task (the harness path generates once per request)")
     from rmt.integrations.harness import LOCAL_TASKS, evaluate
 
     tasks = [t.strip() for t in args.harness.split(",") if t.strip()]
@@ -85,9 +91,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write RUN's checkpoint as a transformers model folder DIR (needs rmt[hf])")
     p.set_defaults(func=lambda a: _export(argparse.Namespace(run=a.hf[0], out=a.hf[1])))
 
-    p = sub.add_parser("eval", help="score a checkpoint with lm-evaluation-harness, offline (needs rmt[eval])")
-    p.add_argument("--harness", required=True, metavar="TASK[,TASK]",
-                   help="lm-eval task names: the local rmt_gsm8k, rmt_triviaqa, rmt_facts_synthetic, rmt_arithmetic")
+    p = sub.add_parser("eval", help="score a checkpoint on a task: natively (--task) or with lm-evaluation-harness "
+                                    "(--harness, needs rmt[eval])")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--harness", metavar="TASK[,TASK]",
+                       help="lm-eval task names: the local rmt_gsm8k, rmt_triviaqa, rmt_facts_synthetic, rmt_arithmetic")
+    which.add_argument("--task", help="an rmt task (rmt data show lists them), scored by the project's own evaluator")
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="a run folder or checkpoint folder")
     p.add_argument("--limit", type=float, default=None, help="at most this many documents per task (<1: a fraction)")
     p.add_argument("--num-fewshot", type=int, default=None, help="override the tasks' few-shot count (default 0)")
@@ -98,6 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0, help="seeds lm-eval's few-shot sampling and the task splits' RNGs")
     p.add_argument("--out", default=None, help="also write DIR/results.json and DIR/samples.jsonl")
+    p.add_argument("--split", default="test", help="with --task: the split to score (default test)")
+    p.add_argument("--refine-rounds", type=int, default=0,
+                   help="with --task: refinement rounds R (the draft answer re-read as a thought; default 0)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("memory", help="explicit memory banks on disk (FAISS, needs rmt[faiss])")
