@@ -123,6 +123,8 @@ def test_task_splits_images_and_cache(tmp_path, monkeypatch):
     ex = test[0]
     assert ex.prompt.startswith("Q: ") and ex.prompt.endswith(" A:") and ex.target.strip() in ANSWERS
     assert ex.meta["color"] in COLORS and ex.meta["color"] in ex.prompt
+    # the curriculum's step filter separates the question kinds
+    assert all(e.meta["steps"] == (1 if e.meta["type"] == "non_relational" else 2) for e in test)
     assert task.cache_path().is_file() and str(task.cache_path()).startswith(str(tmp_path))
     again = get_task("sort-of-clevr", **cfg)  # read back from the cache file
     assert np.array_equal(again.images("train"), task.images("train"))

@@ -188,7 +188,10 @@ def question_example(scenes: Scenes, row: int) -> Example:
     image, colour, subtype, answer_index = (int(v) for v in scenes.questions[row])
     name, kind, template = QUESTIONS[subtype]
     return Example(prompt=f"Q: {template.format(c=COLORS[colour])} A:", target=f" {ANSWERS[answer_index]}",
-                   kind="qa", meta={"image": image, "type": kind, "question": name, "color": COLORS[colour]})
+                   kind="qa", meta={"image": image, "type": kind, "question": name, "color": COLORS[colour],
+                                    # reasoning steps, for the curriculum's step filters: find the object (1),
+                                    # then relate it to the others (2)
+                                    "steps": 1 if kind == "non_relational" else 2})
 
 
 class SortOfClevr(Task):
