@@ -254,14 +254,16 @@ def plot_all(reports: list[dict], out: Path) -> list[Path]:
 
     examples = reports[0].get("router_examples", [])
     if examples:
-        fig, axes = plt.subplots(len(examples), 1, figsize=(12, 1.1 * len(examples) + 0.6), squeeze=False)
+        fig, axes = plt.subplots(len(examples), 1, figsize=(12, 1.3 * len(examples) + 0.6), squeeze=False,
+                                 constrained_layout=True)
         for ax, ex in zip(axes[:, 0], examples):
             w_think = [[p[1] + p[2] for p in ex["p"]]]
             im = ax.imshow(w_think, aspect="auto", cmap="viridis", vmin=0, vmax=1)
             ax.set_yticks([])
             ax.set_xticks(range(len(ex["tokens"])), [t if t.strip() else "·" for t in ex["tokens"]], fontsize=5)
-            ax.set_title(f"{ex['kind']}: p(think) + p(both) per token", fontsize=8, loc="left")
-        fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8)
+            ax.set_title(f"{ex['kind']} question", fontsize=8, loc="left")
+        fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8, label="w_think = p(think) + p(both)")
+        fig.suptitle("router: thinking gate per token (hard skip below the threshold at inference)", fontsize=9)
         fig.savefig(out / "router_heatmap.png", dpi=130)
         plt.close(fig)
         paths.append(out / "router_heatmap.png")
