@@ -129,7 +129,7 @@ def plot_attention(model: RMT, examples: list[Example], images: np.ndarray, pred
         ax.imshow(img)
         ok = "right" if pred.strip() == ex.target.strip() else "WRONG"
         question = ex.prompt.removeprefix("Q: ").removesuffix(" A:")
-        ax.set_title(f"{question}\nanswer {ex.target.strip()!r}, model {pred.strip()!r} ({ok})", fontsize=6)
+        ax.set_title(f"{question}\nanswer {ex.target.strip()!r}, model {ascii(pred.strip())} ({ok})", fontsize=6)
         for k in range(n_reads):
             ax = axes[r, 1 + k]
             ax.imshow(img)
