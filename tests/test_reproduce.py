@@ -91,7 +91,7 @@ def test_cot_baseline_learns_and_counts_every_generated_token():
     torch.manual_seed(0)
     tok = ByteTokenizer()
     examples = _arith(4)
-    gpt = GPT(matching_config(200_000, d_model=64, max_len=256))
+    gpt = GPT(matching_config(100_000, d_model=48, max_len=160))
     stages = [Stage("math", 120, {"arithmetic": 1.0}, batch_size=4, lr=3e-3, warmup=10)]
     seconds = train_gpt(gpt, tok, {"arithmetic": examples}, stages, seed=0, progress=False)
     assert seconds > 0

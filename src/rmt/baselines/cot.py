@@ -38,12 +38,14 @@ def matching_config(n_params: int, d_model: int = 128, n_head: int = 4, max_len:
 
     best: tuple[float, GPTConfig] | None = None
     for d in [d_model] + [w for w in range(16, 1025, 16) if w != d_model]:
-        for layers in range(1, 49):
-            rel = abs(count(d, layers) - n_params) / n_params
+        # The count is affine in depth: embeddings and final norm, plus one layer's worth per layer.
+        one = count(d, 1)
+        per_layer = count(d, 2) - one
+        layers = max(1, round((n_params - (one - per_layer)) / per_layer))
+        for n in {max(1, layers - 1), layers, layers + 1}:
+            rel = abs(one + (n - 1) * per_layer - n_params) / n_params
             if best is None or rel < best[0]:
-                best = (rel, GPTConfig(n_layer=layers, n_head=n_head, d_model=d, max_len=max_len))
-            if count(d, layers) > n_params:
-                break
+                best = (rel, GPTConfig(n_layer=n, n_head=n_head, d_model=d, max_len=max_len))
         if best[0] <= tolerance:
             return best[1]
     raise ValueError(f"no GPT within {tolerance:.0%} of {n_params:,} parameters (closest {best[0]:.1%} off)")
