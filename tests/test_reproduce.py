@@ -169,7 +169,7 @@ def test_reproduce_writes_every_key_the_issue_names_and_resumes(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- report
 def _fake_seed(seed: int, acc: float) -> dict:
-    """A seed report shaped like run_seed's, with chosen numbers (to check the arithmetic of the report)."""
+    """A seed report shaped like seed_report's, with chosen numbers (to check the arithmetic of the report)."""
     steps = {"1": acc, "2": acc, "3": acc / 2}
     return {
         "seed": seed, "params": 1000, "train_seconds": 10.0,

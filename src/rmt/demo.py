@@ -97,8 +97,8 @@ def run_demo(seed: int = 0, out: str | Path = "runs/demo", quick: bool = False, 
     train_seconds = time.perf_counter() - t0
     save_model(model, out / "checkpoint", tok)
 
-    k_test = _subset(facts.split("test"), plan.n_knowledge_eval, seed)
-    m_test = _subset(arith.split("test"), plan.n_math_eval, seed)
+    k_test = seeded_subset(facts.split("test"), plan.n_knowledge_eval, seed)
+    m_test = seeded_subset(arith.split("test"), plan.n_math_eval, seed)
     ev = dict(progress=progress, batch_size=128)
     know = evaluate_qa(model, k_test, tok, max_new_tokens=16, desc="knowledge", **ev)
     know_off = evaluate_qa(model, k_test, tok, max_new_tokens=16, memory=False, desc="knowledge, memory off", **ev)
@@ -129,7 +129,7 @@ def run_demo(seed: int = 0, out: str | Path = "runs/demo", quick: bool = False, 
     return report
 
 
-def _subset(examples: list, n: int | None, seed: int) -> list:
+def seeded_subset(examples: list, n: int | None, seed: int) -> list:
     """A seeded random subset in the split's order (test splits are ordered, e.g. by number of steps)."""
     if n is None or n >= len(examples):
         return examples

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
+from pathlib import Path
 
 import torch
 
@@ -22,6 +24,7 @@ from rmt.checkpoint import CheckpointError, load_model
 from rmt.integrations import find_checkpoint
 from rmt.refine import evaluate_refined, refine_answer
 from rmt.router import BRANCHES
+from rmt.tasks import TASKS, get_task
 from rmt.tokenizer import ByteTokenizer
 
 
@@ -67,12 +70,6 @@ def _load(run: str, command: str):
 
 def eval_task(args: argparse.Namespace) -> int:
     """`rmt eval --task NAME`: greedy answers on a task split, exact match, optionally refined; JSON out."""
-    from pathlib import Path
-
-    from dataclasses import fields
-
-    from rmt.tasks import TASKS, get_task
-
     if args.think_iters is not None and args.think_iters < 0:
         raise SystemExit(f"rmt eval: error: --think-iters: expected >= 0, got {args.think_iters}")
     if args.refine_rounds < 0:

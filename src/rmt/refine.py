@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from rmt.evaluate import evaluate_qa
+from rmt.evaluate import decode_answer, evaluate_qa
 from rmt.model import RMT
 from rmt.tasks import Example
 from rmt.tasks.scoring import exact_match
@@ -138,8 +138,7 @@ def refine_answer(model: RMT, tok: Tokenizer, prompt: str, rounds: int, *, max_n
     def answer(text: str) -> str:
         idx = torch.tensor([tok.encode(text)], dtype=torch.long, device=device)
         ids = model.generate(idx, max_new_tokens, eos_id=tok.eos_id, **generate_kwargs).tokens[0].tolist()
-        ids = ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids
-        return tok.decode([t for t in ids if t != tok.pad_id])
+        return decode_answer(ids, tok)[0]
 
     answers = [answer(prompt)]
     for _ in range(rounds):

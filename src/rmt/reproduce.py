@@ -37,7 +37,7 @@ from rmt.baselines.cot import evaluate_gpt, matching_config, train_gpt
 from rmt.baselines.gpt import GPT
 from rmt.checkpoint import atomic_write, save_model
 from rmt.config import RMTConfig
-from rmt.demo import _subset
+from rmt.demo import seeded_subset
 from rmt.evaluate import evaluate_qa
 from rmt.model import RMT
 from rmt.refine import evaluate_refined, refinement_examples
@@ -118,8 +118,8 @@ def build_data(plan: ReproducePlan, seed: int) -> Data:
     extrapolation = [ex for s in sorted(per_steps) for ex in per_steps[s][:plan.n_extrapolation_per_steps]]
     pools = {"facts-synthetic": facts.split("train"), "arithmetic": train,
              REFINE_POOL: refinement_examples(train[:20_000], seed)}
-    return Data(pools, _subset(facts.split("test"), plan.n_knowledge_eval, seed),
-                _subset(arith.split("test"), plan.n_math_eval, seed), extrapolation)
+    return Data(pools, seeded_subset(facts.split("test"), plan.n_knowledge_eval, seed),
+                seeded_subset(arith.split("test"), plan.n_math_eval, seed), extrapolation)
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -304,14 +304,6 @@ def seed_report(plan: ReproducePlan, seed: int, jobs: dict[str, dict]) -> dict:
         "ablations_from_scratch": {"no_memory": jobs["no_memory"], "no_think": jobs["no_think"]},
         "stages": [{"name": s.name, "steps": s.steps, "tasks": s.tasks} for s in plan.stages],
     }
-
-
-def run_seed(plan: ReproducePlan, seed: int, out: Path, progress: bool = True) -> dict:
-    """Every job of one seed in this process -> the seed's report (also written to out/seed-N/report.json)."""
-    jobs = {v: run_job(plan, seed, v, out, progress) for v in VARIANTS}
-    report = seed_report(plan, seed, jobs)
-    (out / f"seed-{seed}" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 # ----------------------------------------------------------------------------------------------- aggregation
