@@ -187,15 +187,20 @@ def test_tensorboard_events_when_installed(config_file, tmp_path):
 
 
 def test_shipped_configs_build_their_tasks():
-    """Every task a shipped config names can be built with its settings (seed only where a task has one)."""
+    """Every task a shipped config names can be built with its settings (seed only where a task has one).
+    Tasks read from ../shared/data are checked only where that folder exists."""
     from rmt.training.run import task_settings
-    from rmt.tasks import get_task
+    from rmt.tasks import data_dir, get_task
+
+    file_tasks = {"facts-real", "gsm8k", "triviaqa", "text"}
 
     for path in sorted(Path(__file__).parent.parent.joinpath("configs").glob("**/*.toml")):
         cfg = RunConfig.from_toml(path)
         for name in sorted({t for s in cfg.stages for t in s.tasks}):
             if name == "arithmetic":
                 continue  # 100k+ problems: built in the demo and the other tests
+            if name in file_tasks and not data_dir().is_dir():
+                continue
             assert get_task(name, **task_settings(cfg, name)).split("train"), (path, name)
 
 
