@@ -200,9 +200,11 @@ def test_vision_config_round_trips_and_defaults_stay_off(tmp_path):
         RMTConfig(**{**VISION, "vision_patch": 4})
 
 
-def test_image_model_decodes_token_by_token_like_the_full_forward():
+@pytest.mark.parametrize("options", [{}, {"vision_stem": "conv", "vision_conv_layers": 3, "memory_query_conv": 6,
+                                          "explicit_sink": True}, {"vision_stem": "pool", "vision_conv_layers": 3}])
+def test_image_model_decodes_token_by_token_like_the_full_forward(options):
     torch.manual_seed(0)
-    model = RMT(RMTConfig(**VISION)).eval()
+    model = RMT(RMTConfig(**VISION, **options)).eval()
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
     idx = torch.randint(0, 256, (2, 12))
     bank = model.image_memory_bank(images)
@@ -220,6 +222,51 @@ def test_image_model_decodes_token_by_token_like_the_full_forward():
         assert torch.equal(model(idx, images=images, memory=False).logits, model(idx, memory=False).logits)
 
 
+def test_sink_read_is_a_read_with_one_more_zero_entry():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 6)
+    bank = SoftmaxMemoryBank(8, 6, heads=2, sink=True)
+    bank.write(k, v)
+    zero = torch.zeros(2, 1, 8)  # score q.0 = 0 and value 0: exactly the implicit sink entry
+    ref = softmax_attention_reference(q, torch.cat([k, zero], 1), torch.cat([v, zero[..., :6]], 1), heads=2)
+    assert torch.allclose(bank.read(q).double(), ref, atol=1e-5)
+    # the weights say how much matched: two equal matching entries read twice as much as one (far from saturation)
+    one, two = SoftmaxMemoryBank(1, 1, sink=True), SoftmaxMemoryBank(1, 1, sink=True)
+    one.write(torch.tensor([[[-3.0], [-50.0]]]), torch.ones(1, 2, 1))
+    two.write(torch.tensor([[[-3.0], [-3.0]]]), torch.ones(1, 2, 1))
+    query = torch.ones(1, 1, 1)
+    assert 1.9 < float(two.read(query)) / float(one.read(query)) < 2.0
+    empty = SoftmaxMemoryBank(8, 6, sink=True)
+    empty.write(k, v, torch.zeros(2, 5, dtype=torch.bool))
+    assert empty.read(q).abs().max() == 0
+
+
+@pytest.mark.parametrize("stem,layers,grid", [("patch", 0, 5), ("conv", 3, 10), ("conv", 4, 5), ("pool", 3, 9)])
+def test_image_stems_and_their_grids(stem, layers, grid):
+    cfg = RMTConfig(**{**VISION, "vision_patch": 15, "vision_stem": stem, "vision_conv_layers": max(layers, 1)})
+    model = RMT(cfg)
+    images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
+    assert model.vision.grid == grid and model.encode_image(images).shape == (2, grid * grid, cfg.d_model)
+    with pytest.raises(ConfigError, match="vision_stem"):
+        RMTConfig(**{**VISION, "vision_stem": "vit"})
+
+
+def test_image_keys_start_from_what_a_patch_shows_not_where_it_is():
+    torch.manual_seed(0)
+    model = RMT(RMTConfig(**VISION))
+    images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
+    key_inputs, entries = model.vision.encode(images)
+    assert torch.equal(entries, model.encode_image(images))
+    bank = model.image_memory_bank(images)
+    assert torch.allclose(bank.keys, model.explicit.key_proj(key_inputs))
+    # at initialisation the position reaches the values but not the keys (key_position starts at zero)
+    assert model.vision.key_position.weight.abs().max() == 0
+    with torch.no_grad():
+        model.vision.row.add_(1.0)
+        k2, e2 = model.vision.encode(images)
+    assert torch.equal(k2, key_inputs) and not torch.allclose(e2, entries)
+
+
 def test_gradients_reach_the_image_encoder_and_the_core_query():
     torch.manual_seed(0)
     model = RMT(RMTConfig(**VISION))
@@ -227,6 +274,7 @@ def test_gradients_reach_the_image_encoder_and_the_core_query():
     out = model(torch.randint(0, 256, (2, 10)), images=images)
     out.logits.sum().backward()
     assert model.vision.patchify.weight.grad.abs().sum() > 0
+    assert model.vision.key_position.weight.grad.abs().sum() > 0  # zero at the start, but it learns
     assert model.core_query.weight.grad.abs().sum() > 0
 
 

@@ -47,11 +47,21 @@ class RMTConfig:
     explicit_d_key: int = 64
     explicit_read: str = "linear"  # "linear" (fixed-size state, cost independent of entries) or "softmax" (exact,
     explicit_heads: int = 1  #       O(entries) per query; sharp enough to pick one object out of an image's patches)
+    explicit_sink: bool = False  # softmax read only: one implicit zero entry, so a read's size says how much matched
     # Image encoder (R8): a conv patch encoder whose patch embeddings are written into the explicit bank.
     vision: bool = False
     vision_image_size: int = 75
     vision_patch: int = 5  # pixels per patch side: (image_size / patch)^2 bank entries per image
     vision_channels: int = 32
+    # "patch": one k=p, stride-p conv (vision_patch); "conv": vision_conv_layers 3x3 stride-2 convs at pixel level
+    # (as the Relation Network's CNN), grid = image_size halved that many times, rounded up (75 -> 5 with 4);
+    # "pool": vision_conv_layers [3x3 stride-1 conv, 2x2 max-pool] blocks, grid rounded down (75 -> 9 with 3).
+    vision_stem: str = "patch"
+    # Width w of a causal depthwise conv over the (normalised) last w token embeddings, added to every memory
+    # query (0 = off): the query then sees the question's words directly ("red" three bytes back), not only
+    # through the prelude's state, which a bank read needs before the prelude has learned to carry them.
+    memory_query_conv: int = 0
+    vision_conv_layers: int = 4
     # The thinking core reads the explicit bank again at every iteration, with a query from its own state
     # (a second hop: e.g. from "where is the red object" to "what is next to that place").
     core_reads_memory: bool = False
@@ -78,11 +88,11 @@ class RMTConfig:
                 raise ConfigError(f"RMTConfig.{f.name}: expected {f.type}, got {value!r} ({type(value).__name__})")
         positive = ["vocab_size", "d_model", "n_core", "mlp_mult", "ssm_expand", "ssm_head_dim", "ssm_d_state",
                     "ssm_conv", "ssm_chunk", "mem_n_keys", "mem_heads", "mem_topk", "mem_d_key", "explicit_d_key", "explicit_heads",
-                    "vision_image_size", "vision_patch", "vision_channels"]
+                    "vision_image_size", "vision_patch", "vision_channels", "vision_conv_layers"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"RMTConfig.{name}: expected a positive integer, got {getattr(self, name)}")
-        for name in ["n_prelude", "n_coda", "think_iters"]:
+        for name in ["n_prelude", "n_coda", "think_iters", "memory_query_conv"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"RMTConfig.{name}: expected an integer >= 0, got {getattr(self, name)}")
         if not 0 <= self.pad_id < self.vocab_size:
@@ -98,6 +108,8 @@ class RMTConfig:
             raise ConfigError(f"RMTConfig.think_init: expected 'zero' or 'random', got {self.think_init!r}")
         if self.explicit_read not in ("linear", "softmax"):
             raise ConfigError(f"RMTConfig.explicit_read: expected 'linear' or 'softmax', got {self.explicit_read!r}")
+        if self.explicit_sink and self.explicit_read != "softmax":
+            raise ConfigError("RMTConfig.explicit_sink: only the softmax read has a sink (set explicit_read = 'softmax')")
         if self.explicit_read == "linear" and self.explicit_heads != 1:
             raise ConfigError(f"RMTConfig.explicit_heads: the linear read has one head; got {self.explicit_heads} "
                               "(set explicit_read = 'softmax' for several)")
@@ -108,7 +120,9 @@ class RMTConfig:
             raise ConfigError("RMTConfig.vision: images are written into the explicit bank; needs explicit_memory = true")
         if self.core_reads_memory and not self.explicit_memory:
             raise ConfigError("RMTConfig.core_reads_memory: needs explicit_memory = true")
-        if self.vision_image_size % self.vision_patch:
+        if self.vision_stem not in ("patch", "conv", "pool"):
+            raise ConfigError(f"RMTConfig.vision_stem: expected 'patch', 'conv' or 'pool', got {self.vision_stem!r}")
+        if self.vision_stem == "patch" and self.vision_image_size % self.vision_patch:
             raise ConfigError(f"RMTConfig.vision_patch: must divide vision_image_size={self.vision_image_size}, "
                               f"got {self.vision_patch}")
         if not 0.0 < self.router_threshold < 1.0:

@@ -512,10 +512,10 @@ class SoftmaxMemoryBank:
     ``recorded``, for inspection (e.g. which image patches a question looked at, read by read).
     """
 
-    def __init__(self, d_key: int, d_value: int, heads: int = 1) -> None:
+    def __init__(self, d_key: int, d_value: int, heads: int = 1, sink: bool = False) -> None:
         if d_key % heads or d_value % heads:
             raise ValueError(f"d_key ({d_key}) and d_value ({d_value}) must be divisible by heads ({heads})")
-        self.d_key, self.d_value, self.heads = d_key, d_value, heads
+        self.d_key, self.d_value, self.heads, self.sink = d_key, d_value, heads, sink
         self.record = False
         self.recorded: list[Tensor] = []
         self.clear()
@@ -571,7 +571,14 @@ class SoftmaxMemoryBank:
         scores = scores.masked_fill(~self.mask.view(b, 1, 1, -1), float("-inf"))
         # A batch element with no entries has an all -inf row: softmax would give NaN, so it reads zero.
         present = self.mask.any(1)
-        weights = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(q.dtype)
+        if self.sink:
+            # Softmax over the entries plus one implicit entry of score 0 and value 0 ("off by one"): the weights
+            # no longer have to sum to 1, so how much a read returns says how many entries matched -- how much
+            # of the picture is red, how many objects are squares -- which a plain average cannot say.
+            scores = torch.cat([scores, scores.new_zeros(*scores.shape[:-1], 1)], dim=-1)
+            weights = torch.softmax(scores.float(), dim=-1)[..., :-1].to(q.dtype)
+        else:
+            weights = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(q.dtype)
         if self.record:
             self.recorded.append(weights.detach().permute(0, 2, 1, 3))  # (B, T, H, M)
         out = (weights @ v).transpose(1, 2).reshape(b, t, self.d_value)
@@ -615,7 +622,7 @@ class ExplicitMemoryRead(nn.Module):
     """
 
     def __init__(self, d_model: int, d_key: int = 64, d_value: int | None = None, heads: int = 1,
-                 read: str = "linear") -> None:
+                 read: str = "linear", sink: bool = False) -> None:
         super().__init__()
         if read not in ("linear", "softmax"):
             raise ValueError(f"read: expected 'linear' or 'softmax', got {read!r}")
@@ -624,7 +631,9 @@ class ExplicitMemoryRead(nn.Module):
         self.d_model = d_model
         self.d_key = d_key
         self.d_value = d_model if d_value is None else d_value
-        self.heads, self.read = heads, read
+        self.heads, self.read, self.sink = heads, read, sink
+        if sink and read != "softmax":
+            raise ValueError("sink: only the softmax read has one (the linear read's weights are not normalised)")
         if self.d_key % heads or self.d_value % heads:
             raise ValueError(f"d_key ({d_key}) and d_value ({self.d_value}) must be divisible by heads ({heads})")
         # Bias-free: a shared bias on keys would shift every phi(k) alike and mostly blur the
@@ -637,12 +646,13 @@ class ExplicitMemoryRead(nn.Module):
     def new_bank(self) -> ExplicitMemoryBank | SoftmaxMemoryBank:
         """An empty bank with this module's key/value widths (and kind of read)."""
         if self.read == "softmax":
-            return SoftmaxMemoryBank(self.d_key, self.d_value, self.heads)
+            return SoftmaxMemoryBank(self.d_key, self.d_value, self.heads, self.sink)
         return ExplicitMemoryBank(self.d_key, self.d_value)
 
-    def encode_entries(self, entries: Tensor) -> tuple[Tensor, Tensor]:
-        """Entry embeddings (B, M, d_model) -> (keys (B, M, d_key), values (B, M, d_value))."""
-        return self.key_proj(entries), self.value_proj(entries)
+    def encode_entries(self, entries: Tensor, key_entries: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Entry embeddings (B, M, d_model) -> (keys (B, M, d_key), values (B, M, d_value)); keys come from
+        ``key_entries`` (same shape) when given, so what finds an entry can differ from what it returns."""
+        return self.key_proj(entries if key_entries is None else key_entries), self.value_proj(entries)
 
     def forward(self, x: Tensor, bank: ExplicitMemoryBank | SoftmaxMemoryBank) -> Tensor:
         """Read ``bank`` with queries from ``x``: (B, T, d_model) -> (B, T, d_model)."""

@@ -47,10 +47,12 @@ class Cache:
     coda: list[MixerState]
     length: int = 0
     explicit_bank: Bank | None = None
+    query_tail: Tensor | None = None  # (B, w - 1, D): the last normalised embeddings, for memory_query_conv
 
     def tensors(self) -> list[Tensor]:
         states = self.prelude + [s for it in self.core for s in it] + self.coda
-        return [t for s in states for t in (s.ssm, s.conv)]
+        tail = [self.query_tail] if self.query_tail is not None else []
+        return [t for s in states for t in (s.ssm, s.conv)] + tail
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
@@ -74,11 +76,15 @@ class RMT(nn.Module):
         self.prelude = nn.ModuleList([Block(c.d_model, hidden, conv_width=c.ssm_conv, **ssm) for _ in range(c.n_prelude)])
         self.router = Router(c.d_model, c.router_threshold, c.router_init_think)
         self.memory_norm = RMSNorm(c.d_model)
+        if c.memory_query_conv:
+            self.query_tokens_norm = RMSNorm(c.d_model)
+            self.query_conv = nn.Conv1d(c.d_model, c.d_model, c.memory_query_conv, groups=c.d_model, bias=False)
         self.memory = (ProductKeyMemory(c.d_model, n_keys=c.mem_n_keys, heads=c.mem_heads, d_key=c.mem_d_key,
                                         topk=c.mem_topk) if c.memory else None)
         self.explicit = (ExplicitMemoryRead(c.d_model, d_key=c.explicit_d_key, heads=c.explicit_heads,
-                                            read=c.explicit_read) if c.explicit_memory else None)
-        self.vision = (PatchEncoder(c.d_model, c.vision_image_size, c.vision_patch, c.vision_channels)
+                                            read=c.explicit_read, sink=c.explicit_sink) if c.explicit_memory else None)
+        self.vision = (PatchEncoder(c.d_model, c.vision_image_size, c.vision_patch, c.vision_channels,
+                                    c.vision_stem, c.vision_conv_layers)
                        if c.vision else None)
         if c.core_reads_memory:
             # The core's own query into the explicit bank (its keys and values are the bank's): the state asks
@@ -97,8 +103,23 @@ class RMT(nn.Module):
             n -= sum(p.numel() for p in self.memory.value_parameters())
         return n
 
-    def _memory_read(self, h: Tensor, bank: Bank | None) -> Tensor:
+    def _query_tokens(self, emb: Tensor, tail: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """The memory_query_conv term: embeddings (B, T, D) -> (term (B, T, D), new tail (B, w - 1, D)), causal;
+        `tail` holds the embeddings before these (zeros at the start). (None, None) when the option is off."""
+        if not self.config.memory_query_conv:
+            return None, None
+        w = self.config.memory_query_conv
+        x = self.query_tokens_norm(emb)
+        if tail is None:
+            tail = x.new_zeros(x.shape[0], w - 1, x.shape[2])
+        window = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, w - 1 + T, D)
+        term = F.conv1d(window.transpose(1, 2), self.query_conv.weight, groups=x.shape[2]).transpose(1, 2)
+        return term, window[:, window.shape[1] - (w - 1):]
+
+    def _memory_read(self, h: Tensor, bank: Bank | None, qtok: Tensor | None = None) -> Tensor:
         q = self.memory_norm(h)
+        if qtok is not None:
+            q = q + qtok
         m = self.memory(q) if self.memory is not None else torch.zeros_like(h)
         if bank is not None:
             if self.explicit is None:
@@ -107,12 +128,12 @@ class RMT(nn.Module):
             m = m + (self.explicit(q.unsqueeze(1), bank).squeeze(1) if q.dim() == 2 else self.explicit(q, bank))
         return m
 
-    def _memory_branch(self, h: Tensor, routing: Routing, memory: bool, bank: Bank | None
-                       ) -> tuple[Tensor, Tensor | None]:
+    def _memory_branch(self, h: Tensor, routing: Routing, memory: bool, bank: Bank | None,
+                       qtok: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """-> (e = h + w_memory * m, the read m); with memory off, (h, None) and memory is never touched."""
         if not memory:
             return h, None
-        m = self._memory_read(h, bank)
+        m = self._memory_read(h, bank, qtok)
         return h + routing.w_memory.unsqueeze(-1) * m, m
 
     def _core_reread(self, e: Tensor, routing: Routing, memory: bool, bank: Bank | None):
@@ -165,10 +186,11 @@ class RMT(nn.Module):
             explicit_bank = self.image_memory_bank(images) if memory else None
         hard = (not self.training) if hard_routing is None else hard_routing
         h = self.embed(idx)
+        qtok, _ = self._query_tokens(h)
         for layer in self.prelude:
             h = layer(h)
         routing = self.router(h, mode=router, hard=hard)
-        e, m = self._memory_branch(h, routing, memory, explicit_bank)
+        e, m = self._memory_branch(h, routing, memory, explicit_bank, qtok)
         mem_logits = self._head(m) if (memory_logits and m is not None) else None
         if K > 0 and bool(routing.think_mask.any()):
             s, used = self.core(e, routing.w_think, K, bptt=bptt, exit_rule=exit_rule, init=self.config.think_init,
@@ -200,12 +222,14 @@ class RMT(nn.Module):
         threshold) does not run the core at all; when no token of the batch thinks, the core is skipped.
         """
         h = self.embed(token)
+        qtok, tail = self._query_tokens(h.unsqueeze(1), cache.query_tail)
+        qtok = qtok.squeeze(1) if qtok is not None else None
         prelude = []
         for layer, st in zip(self.prelude, cache.prelude):
             h, st = layer.step(h, st)
             prelude.append(st)
         routing = self.router(h, mode=router, hard=True)
-        e, _ = self._memory_branch(h, routing, memory, cache.explicit_bank)
+        e, _ = self._memory_branch(h, routing, memory, cache.explicit_bank, qtok)
         core_states = cache.core
         if cache.core and bool(routing.think_mask.any()):
             s, used, core_states = self.core.step(e, routing.w_think, cache.core, exit_rule=exit_rule,
@@ -218,7 +242,7 @@ class RMT(nn.Module):
         for layer, st in zip(self.coda, cache.coda):
             x, st = layer.step(x, st)
             coda.append(st)
-        new = Cache(prelude, core_states, coda, cache.length + 1, cache.explicit_bank)
+        new = Cache(prelude, core_states, coda, cache.length + 1, cache.explicit_bank, tail)
         return self._head(x), used, new
 
     @torch.no_grad()
@@ -229,10 +253,11 @@ class RMT(nn.Module):
         K = self._iters(think_iters)
         cache = self.new_cache(idx.shape[0], K, idx.device, explicit_bank)
         h = self.embed(idx)
+        qtok, cache.query_tail = self._query_tokens(h)
         for i, layer in enumerate(self.prelude):
             h, cache.prelude[i] = layer(h, return_state=True)
         routing = self.router(h, mode=router, hard=True)
-        e, _ = self._memory_branch(h, routing, memory, explicit_bank)
+        e, _ = self._memory_branch(h, routing, memory, explicit_bank, qtok)
         used = torch.zeros(idx.shape, device=idx.device)
         x = e
         if K > 0 and bool(routing.think_mask.any()):  # otherwise the core's empty states are already exact
@@ -282,15 +307,20 @@ class RMT(nn.Module):
 
     def image_memory_bank(self, images: Tensor) -> Bank:
         """A fresh explicit bank holding each row's image patches: images (B, S, S, 3) -> bank of B rows."""
+        if self.vision is None:
+            raise ValueError("this model was built with vision = false (no image encoder)")
         bank = self.new_memory_bank()
-        self.write_memory(bank, self.encode_image(images))
+        key_inputs, entries = self.vision.encode(images)
+        self.write_memory(bank, entries, key_entries=key_inputs)
         return bank
 
-    def write_memory(self, bank: Bank, entries: Tensor, mask: Tensor | None = None) -> None:
-        """Write entry embeddings (B, M, D) — encoded facts, image patches — into ``bank``."""
+    def write_memory(self, bank: Bank, entries: Tensor, mask: Tensor | None = None,
+                     key_entries: Tensor | None = None) -> None:
+        """Write entry embeddings (B, M, D) — encoded facts, image patches — into ``bank``; key_entries (B, M, D),
+        when given, are what the keys are computed from instead of the entries (an image's content-first keys)."""
         if self.explicit is None:
             raise ValueError("this model was built with explicit_memory = false")
-        keys, values = self.explicit.encode_entries(entries)
+        keys, values = self.explicit.encode_entries(entries, key_entries)
         bank.write(keys, values, mask)
 
     def encode_text(self, idx: Tensor, lengths: Tensor | None = None) -> Tensor:

@@ -55,19 +55,48 @@ class PatchEncoder(nn.Module):
         channels: convolution width C.
     """
 
-    def __init__(self, d_model: int, image_size: int = 75, patch: int = 5, channels: int = 32) -> None:
+    def __init__(self, d_model: int, image_size: int = 75, patch: int = 5, channels: int = 32, stem: str = "patch",
+                 conv_layers: int = 4) -> None:
         super().__init__()
-        if image_size % patch:
-            raise ValueError(f"image_size ({image_size}) must be divisible by patch ({patch})")
         self.image_size, self.patch = image_size, patch
-        self.grid = g = image_size // patch
-        self.patchify = nn.Conv2d(3, channels, patch, stride=patch)
+        if stem == "patch":
+            if image_size % patch:
+                raise ValueError(f"image_size ({image_size}) must be divisible by patch ({patch})")
+            self.grid = g = image_size // patch
+            self.patchify = nn.Conv2d(3, channels, patch, stride=patch)
+        elif stem == "conv":
+            # Pixel-level 3x3 stride-2 convs: every layer sees edges at the resolution below it, so a corner (what
+            # tells a square from a circle) is found wherever the object sits, not only when it is patch-aligned.
+            layers: list[nn.Module] = []
+            g = image_size
+            for i in range(conv_layers):
+                layers += [nn.Conv2d(3 if i == 0 else channels, channels, 3, stride=2, padding=1),
+                           nn.GroupNorm(1, channels), nn.GELU()]
+                g = (g + 1) // 2
+            self.patchify = nn.Sequential(*layers[:-2])  # the blocks below start with their own norm + GELU
+            self.grid = g
+        elif stem == "pool":
+            # Stride-1 3x3 convs at full resolution, each followed by 2x2 max-pooling: a corner detector fires
+            # wherever the corner sits, and the pool keeps "there is a corner here" whatever the alignment.
+            layers = []
+            g = image_size
+            for i in range(conv_layers):
+                layers += [nn.Conv2d(3 if i == 0 else channels, channels, 3, padding=1), nn.GroupNorm(1, channels),
+                           nn.GELU(), nn.MaxPool2d(2)]
+                g //= 2
+            self.patchify = nn.Sequential(*layers)
+            self.grid = g
+        else:
+            raise ValueError(f"stem: expected 'patch', 'conv' or 'pool', got {stem!r}")
         self.blocks = nn.Sequential(_ResidualConv(channels), _ResidualConv(channels))
         self.norm = nn.GroupNorm(1, channels)
         self.proj = nn.Linear(channels, d_model)
         self.row = nn.Parameter(torch.randn(g, d_model) * 0.02)
         self.col = nn.Parameter(torch.randn(g, d_model) * 0.02)
         self.coord_proj = nn.Linear(3, d_model, bias=False)
+        # Where a patch is enters its *key* only through this projection, zero at the start (see `encode`).
+        self.key_position = nn.Linear(d_model, d_model, bias=False)
+        nn.init.zeros_(self.key_position.weight)
         self.mlp_norm = RMSNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, d_model))
         y, x = torch.meshgrid(torch.linspace(-1, 1, g), torch.linspace(-1, 1, g), indexing="ij")
@@ -84,12 +113,27 @@ class PatchEncoder(nn.Module):
         learned = (self.row.view(g, 1, -1) + self.col.view(1, g, -1)).view(g * g, -1)
         return learned + self.coord_proj(self.coords)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """images (B, S, S, 3) uint8 (or float in [0, 255]) -> (B, G*G, d_model)."""
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """images (B, S, S, 3) uint8 (or float in [0, 255]) -> (key inputs, entries), each (B, G*G, d_model).
+
+        Entries (what a read returns: content, position and their product) are what `forward` gives. Key inputs
+        are what a patch shows plus ``key_position(position)``, a projection that starts at zero: a question
+        first has to learn to find "red" by colour, and while the keys carry position a query can lower its
+        loss a little with a fixed "look at the bottom row" prior instead, which saturates the softmax and
+        stalls the content match (every question read the same patches in our first runs; content-only keys
+        learned left/top in ~1,200 steps where mixed keys sat at chance -- experiments/README.md). Relations
+        ("closest to red") need positions in the keys later; the projection grows when they pay off.
+        """
         if images.dim() != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
             raise ValueError(f"expected images (B, {self.image_size}, {self.image_size}, 3), got {tuple(images.shape)}")
         x = images.permute(0, 3, 1, 2).to(self.proj.weight.dtype) / 127.5 - 1.0  # (B, 3, S, S) in [-1, 1]
         x = self.blocks(self.patchify(x))  # (B, C, G, G)
         x = nn.functional.gelu(self.norm(x)).flatten(2).transpose(1, 2)  # (B, G*G, C)
-        x = self.proj(x) + self.positions()
-        return x + self.mlp(self.mlp_norm(x))
+        content = self.proj(x)
+        pos = self.positions()
+        x = content + pos
+        return content + self.key_position(pos), x + self.mlp(self.mlp_norm(x))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images (B, S, S, 3) uint8 (or float in [0, 255]) -> entries (B, G*G, d_model)."""
+        return self.encode(images)[1]
