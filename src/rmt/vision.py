@@ -1,11 +1,15 @@
 """The image encoder: a small convolutional patch encoder whose patch embeddings become memory-bank entries (R8).
 
     uint8 image (B, S, S, 3)
-      -> patchify: conv k=p, stride p, 3 -> C           (B, C, G, G), G = S // p: one vector per p x p patch
+      -> stem, 3 -> C channels                          (B, C, G, G): one vector per grid cell
+           "patch": conv k=p, stride p                  G = S // p
+           "conv":  n x [3x3 conv stride 2]             G = S halved n times, rounded up (75 -> 10 for n = 3)
+           "pool":  n x [3x3 conv, 2x2 max-pool]        G = S halved n times, rounded down
       -> 2 residual blocks of [GroupNorm, GELU, conv 3x3] (each patch sees its neighbours: a 10-pixel object
          spans 2-3 patches of 5 pixels, and its shape is only visible across them)
-      -> linear C -> d_model, plus a 2-D position embedding
-      -> + MLP(RMSNorm(.))                                (B, G*G, d_model)
+      -> linear C -> d_model = content, plus a 2-D position embedding
+      -> + MLP(RMSNorm(.))                                (B, G*G, d_model): the entries (bank values)
+    key inputs = content + key_position(position), key_position zero at the start (see `PatchEncoder.encode`)
 
 The final MLP mixes what a patch shows with where it is, nonlinearly. Without it an entry is linear in
 (content + position), so the *average* of all entries -- what an untrained, uniform read returns -- carries no
@@ -65,8 +69,8 @@ class PatchEncoder(nn.Module):
             self.grid = g = image_size // patch
             self.patchify = nn.Conv2d(3, channels, patch, stride=patch)
         elif stem == "conv":
-            # Pixel-level 3x3 stride-2 convs: every layer sees edges at the resolution below it, so a corner (what
-            # tells a square from a circle) is found wherever the object sits, not only when it is patch-aligned.
+            # Pixel-level 3x3 stride-2 convs (as the Relation Network's CNN): features do not depend on how an
+            # object happens to align with a patch boundary, as a single k = stride patchify conv's do.
             layers: list[nn.Module] = []
             g = image_size
             for i in range(conv_layers):
@@ -76,8 +80,8 @@ class PatchEncoder(nn.Module):
             self.patchify = nn.Sequential(*layers[:-2])  # the blocks below start with their own norm + GELU
             self.grid = g
         elif stem == "pool":
-            # Stride-1 3x3 convs at full resolution, each followed by 2x2 max-pooling: a corner detector fires
-            # wherever the corner sits, and the pool keeps "there is a corner here" whatever the alignment.
+            # Stride-1 3x3 convs at full resolution, each followed by 2x2 max-pooling: a local detector fires
+            # wherever its pattern sits, and the pool keeps "it is here" whatever the alignment.
             layers = []
             g = image_size
             for i in range(conv_layers):
