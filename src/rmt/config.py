@@ -48,6 +48,10 @@ class RMTConfig:
     explicit_read: str = "linear"  # "linear" (fixed-size state, cost independent of entries) or "softmax" (exact,
     explicit_heads: int = 1  #       O(entries) per query; sharp enough to pick one object out of an image's patches)
     explicit_sink: bool = False  # softmax read only: one implicit zero entry, so a read's size says how much matched
+    # Width w of a causal depthwise conv over the (normalised) last w token embeddings, added to every memory
+    # query (0 = off): the query then sees the question's words directly ("red" three bytes back), not only
+    # through the prelude's state, which a bank read needs before the prelude has learned to carry them.
+    memory_query_conv: int = 0
     # Image encoder (R8): a conv patch encoder whose patch embeddings are written into the explicit bank.
     vision: bool = False
     vision_image_size: int = 75
@@ -57,10 +61,6 @@ class RMTConfig:
     # (as the Relation Network's CNN), grid = image_size halved that many times, rounded up (75 -> 5 with 4);
     # "pool": vision_conv_layers [3x3 stride-1 conv, 2x2 max-pool] blocks, grid rounded down (75 -> 9 with 3).
     vision_stem: str = "patch"
-    # Width w of a causal depthwise conv over the (normalised) last w token embeddings, added to every memory
-    # query (0 = off): the query then sees the question's words directly ("red" three bytes back), not only
-    # through the prelude's state, which a bank read needs before the prelude has learned to carry them.
-    memory_query_conv: int = 0
     vision_conv_layers: int = 4
     # The thinking core reads the explicit bank again at every iteration, with a query from its own state
     # (a second hop: e.g. from "where is the red object" to "what is next to that place").

@@ -186,7 +186,7 @@ class RMT(nn.Module):
             explicit_bank = self.image_memory_bank(images) if memory else None
         hard = (not self.training) if hard_routing is None else hard_routing
         h = self.embed(idx)
-        qtok, _ = self._query_tokens(h)
+        qtok = self._query_tokens(h)[0] if memory else None  # only memory reads use it
         for layer in self.prelude:
             h = layer(h)
         routing = self.router(h, mode=router, hard=hard)
