@@ -1,7 +1,7 @@
 """Sort-of-CLEVR read/encoder micro-probe: PatchEncoder + one softmax bank read + MLP, the question given as a
 one-hot (colour, question) embedding (no text model), CPU, ~10 steps/s. Settings by environment variable (STEM,
 NL, LR, HEADS, STEPS, QS=nonrel|all|<question>, KEYNOPOS=1 keys from content only, SINK=1, MP=1 pool stem, INK=1,
-COORD=1, CH). Not part of the library; how the choices in experiments/README.md (Sort-of-CLEVR) were made."""
+COORD=1, CH, QBAG=1 question as a bag of bytes). Not part of the library; how the choices in experiments/README.md (Sort-of-CLEVR) were made."""
 import torch, random, sys, os, time
 import torch.nn.functional as F
 from rmt.vision import PatchEncoder
@@ -49,8 +49,9 @@ def fwd(images):
 enc.forward = fwd
 read = ExplicitMemoryRead(64, 64, heads=HEADS, read="softmax", sink=bool(E("SINK", 0)))
 qemb = torch.nn.Embedding(6*6, 64)
+bemb = torch.nn.Embedding(256, 64)
 head = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.GELU(), torch.nn.Linear(128, 10))
-ps = [*enc.parameters(), *read.parameters(), *qemb.parameters(), *head.parameters()]
+ps = [*enc.parameters(), *read.parameters(), *qemb.parameters(), *bemb.parameters(), *head.parameters()]
 opt = torch.optim.AdamW(ps, lr=LR)
 rng = random.Random(0); acc = []; per = {}; t0 = time.time()
 for step in range(1, STEPS + 1):
@@ -61,6 +62,9 @@ for step in range(1, STEPS + 1):
     if KEYNOPOS: bank.write(read.key_proj(o[0]), read.value_proj(o[1]))
     else: bank.write(*read.encode_entries(o))
     q = qemb(qi)
+    if os.environ.get("QBAG"):  # the question as its bag of bytes (N(0,1) byte vectors, sum / sqrt(n))
+        ids = [list(e.prompt.encode()) for e in b]
+        q = torch.stack([bemb(torch.tensor(i)).sum(0) / len(i) ** 0.5 for i in ids])
     r = read(q[:, None], bank)[:, 0]
     logits = head(torch.cat([q, r], -1))
     loss = F.cross_entropy(logits, y)

@@ -34,7 +34,10 @@ p.add_argument("--k", type=int, default=2)
 p.add_argument("--memory-aux", type=float, default=0.0)
 p.add_argument("--questions", default="all", help="all | nonrel | shape | comma list of question names")
 p.add_argument("--cheat", action="store_true")
+p.add_argument("--cheat-std", type=float, default=1.0, help="init std of the cheat's colour embedding")
 p.add_argument("--device", default="cpu")
+p.add_argument("--query-ema-tau", type=float, default=0.0, help="start every memory_query_ema group at this time constant")
+p.add_argument("--query-embed-std", type=float, default=0.0, help="re-initialise memory_query_ema's byte embeddings")
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--tag", default="")
 p.add_argument("--time-limit", type=float, default=1e9)
@@ -48,6 +51,12 @@ for s in a.set:
     raw[k] = tomllib.loads(f"v = {v}")["v"]
 cfg = RMTConfig.from_dict(raw)
 model = RMT(cfg).to(a.device)
+if a.query_embed_std and cfg.memory_query_ema:
+    torch.nn.init.normal_(model.query_embed.weight, std=a.query_embed_std)
+if a.query_ema_tau and cfg.memory_query_ema:  # every group with the same time constant
+    with torch.no_grad():
+        lam = torch.exp(torch.tensor(-1.0 / a.query_ema_tau))
+        model.query_ema_logit.fill_(float(torch.log(lam / (1 - lam))))
 tok = ByteTokenizer()
 task = get_task("sort-of-clevr", seed=0)
 train = task.split("train")
@@ -62,6 +71,7 @@ vimgs = torch.from_numpy(task.images("validation")).to(a.device)
 cheat = None
 if a.cheat:
     cheat = torch.nn.Embedding(len(COLORS), cfg.d_model).to(a.device)
+    torch.nn.init.normal_(cheat.weight, std=a.cheat_std)
     model.add_module("cheat", cheat)
     current = {}
     model.memory_norm.register_forward_hook(lambda m, i, o: o + current["c"].unsqueeze(1) if o.dim() == 3 else o)

@@ -201,7 +201,8 @@ def test_vision_config_round_trips_and_defaults_stay_off(tmp_path):
 
 
 @pytest.mark.parametrize("options", [{}, {"vision_stem": "conv", "vision_conv_layers": 3, "memory_query_conv": 6,
-                                          "explicit_sink": True}, {"vision_stem": "pool", "vision_conv_layers": 3}])
+                                          "explicit_sink": True}, {"vision_stem": "pool", "vision_conv_layers": 3},
+                                     {"memory_query_ema": 16}, {"memory_query_ema": 8, "memory_query_conv": 4}])
 def test_image_model_decodes_token_by_token_like_the_full_forward(options):
     torch.manual_seed(0)
     model = RMT(RMTConfig(**VISION, **options)).eval()
@@ -220,6 +221,29 @@ def test_image_model_decodes_token_by_token_like_the_full_forward(options):
         other = model(idx, images=images.flip(0)).logits
         assert not torch.allclose(other, full)
         assert torch.equal(model(idx, images=images, memory=False).logits, model(idx, memory=False).logits)
+
+
+def test_query_decayed_sum_is_the_recurrence_it_claims():
+    """memory_query_ema: the term added to the queries is s_t = lambda s_{t-1} + sqrt(1 - lambda^2) e_t over the
+    query byte embeddings, lambda per group of channels, whatever the sequence's length against the scan's chunk;
+    the time constants start log-spaced from 2 to the configured longest."""
+    torch.manual_seed(0)
+    model = RMT(RMTConfig(**{**VISION, "ssm_chunk": 8, "memory_query_ema": 40}))
+    lam = torch.sigmoid(model.query_ema_logit.detach())
+    tau = -1 / lam.log()  # lambda = exp(-1 / tau)
+    assert abs(float(tau.min()) - 2) < 1e-3 and abs(float(tau.max()) - 40) < 1e-2
+    idx = torch.randint(0, 256, (3, 21))
+    term, tail, ema = model._query_tokens(idx, model.embed(idx))
+    assert tail is None
+    lam_c = lam.repeat_interleave(model.config.d_model // len(lam))  # per channel
+    e = model.query_embed(idx)
+    s = torch.zeros(3, model.config.d_model)
+    for t in range(21):
+        s = lam_c * s + (1 - lam_c ** 2).sqrt() * e[:, t]
+        assert torch.allclose(term[:, t], s, atol=1e-4)
+    assert torch.allclose(ema, s, atol=1e-4)
+    with pytest.raises(ConfigError, match="memory_query_ema"):
+        RMTConfig(**VISION, memory_query_ema=1)
 
 
 def test_sink_read_is_a_read_with_one_more_zero_entry():

@@ -52,6 +52,12 @@ class RMTConfig:
     # query (0 = off): the query then sees the question's words directly ("red" three bytes back), not only
     # through the prelude's state, which a bank read needs before the prelude has learned to carry them.
     memory_query_conv: int = 0
+    # Longest time constant (tokens) of a causal decayed sum of query-only byte embeddings, added to every memory
+    # query (0 = off); 8 channel groups, time constants log-spaced from 2 to this at the start, learned. A streamed
+    # form of the bag-of-words question encoding of End-to-End Memory Networks: the colour word of "Is red on the
+    # left?" reaches the query with one weight whatever its offset, and with the size a query needs to bind to a
+    # patch from the first step (experiments/README.md, Sort-of-CLEVR).
+    memory_query_ema: int = 0
     # Image encoder (R8): a conv patch encoder whose patch embeddings are written into the explicit bank.
     vision: bool = False
     vision_image_size: int = 75
@@ -92,9 +98,13 @@ class RMTConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"RMTConfig.{name}: expected a positive integer, got {getattr(self, name)}")
-        for name in ["n_prelude", "n_coda", "think_iters", "memory_query_conv"]:
+        for name in ["n_prelude", "n_coda", "think_iters", "memory_query_conv", "memory_query_ema"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"RMTConfig.{name}: expected an integer >= 0, got {getattr(self, name)}")
+        if self.memory_query_ema == 1:
+            raise ConfigError("RMTConfig.memory_query_ema: expected 0 (off) or a longest time constant >= 2 tokens, got 1")
+        if self.memory_query_ema and self.d_model % 8:
+            raise ConfigError(f"RMTConfig.memory_query_ema: its 8 channel groups must divide d_model, got {self.d_model}")
         if not 0 <= self.pad_id < self.vocab_size:
             raise ConfigError(f"RMTConfig.pad_id: expected 0 <= pad_id < vocab_size={self.vocab_size}, got {self.pad_id}")
         if (self.ssm_expand * self.d_model) % self.ssm_head_dim:

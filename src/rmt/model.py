@@ -13,6 +13,7 @@ memory, ``think_iters=0`` never calls the core, ``router="memory"|"think"|"both"
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,11 +23,13 @@ from torch import Tensor, nn
 from rmt.config import RMTConfig
 from rmt.memory import ExplicitMemoryBank, ExplicitMemoryRead, ProductKeyMemory, SoftmaxMemoryBank
 from rmt.router import Router, Routing
+from rmt.scan import scan_chunked
 from rmt.ssm import Block, MixerState, RMSNorm
 from rmt.thinking import ExitRule, ThinkingCore
 from rmt.vision import PatchEncoder
 
 Bank = ExplicitMemoryBank | SoftmaxMemoryBank
+QUERY_EMA_GROUPS = 8  # channel groups of memory_query_ema, one time constant each
 
 
 @dataclass
@@ -48,11 +51,12 @@ class Cache:
     length: int = 0
     explicit_bank: Bank | None = None
     query_tail: Tensor | None = None  # (B, w - 1, D): the last normalised embeddings, for memory_query_conv
+    query_ema: Tensor | None = None  # (B, D) fp32: the query bytes' decayed sums, for memory_query_ema
 
     def tensors(self) -> list[Tensor]:
         states = self.prelude + [s for it in self.core for s in it] + self.coda
-        tail = [self.query_tail] if self.query_tail is not None else []
-        return [t for s in states for t in (s.ssm, s.conv)] + tail
+        extra = [t for t in (self.query_tail, self.query_ema) if t is not None]
+        return [t for s in states for t in (s.ssm, s.conv)] + extra
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
@@ -79,6 +83,16 @@ class RMT(nn.Module):
         if c.memory_query_conv:
             self.query_tokens_norm = RMSNorm(c.d_model)
             self.query_conv = nn.Conv1d(c.d_model, c.d_model, c.memory_query_conv, groups=c.d_model, bias=False)
+        if c.memory_query_ema:
+            # The question's bag of bytes, streamed: a query-only byte embedding (not the LM's, which the head
+            # shares and which starts small), summed with decay. The groups' time constants tau start log-spaced
+            # from 2 tokens to memory_query_ema (decay lambda = exp(-1 / tau) = sigmoid(logit), learned).
+            g = QUERY_EMA_GROUPS
+            tau = 2 * torch.logspace(0.0, math.log10(c.memory_query_ema / 2), g)
+            lam = torch.exp(-1.0 / tau)
+            self.query_ema_logit = nn.Parameter(torch.log(lam / (1 - lam)))
+            self.query_embed = nn.Embedding(c.vocab_size, c.d_model)
+            nn.init.normal_(self.query_embed.weight, std=1.0)
         self.memory = (ProductKeyMemory(c.d_model, n_keys=c.mem_n_keys, heads=c.mem_heads, d_key=c.mem_d_key,
                                         topk=c.mem_topk) if c.memory else None)
         self.explicit = (ExplicitMemoryRead(c.d_model, d_key=c.explicit_d_key, heads=c.explicit_heads,
@@ -103,18 +117,42 @@ class RMT(nn.Module):
             n -= sum(p.numel() for p in self.memory.value_parameters())
         return n
 
-    def _query_tokens(self, emb: Tensor, tail: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
-        """The memory_query_conv term: embeddings (B, T, D) -> (term (B, T, D), new tail (B, w - 1, D)), causal;
-        `tail` holds the embeddings before these (zeros at the start). (None, None) when the option is off."""
-        if not self.config.memory_query_conv:
-            return None, None
-        w = self.config.memory_query_conv
-        x = self.query_tokens_norm(emb)
-        if tail is None:
-            tail = x.new_zeros(x.shape[0], w - 1, x.shape[2])
-        window = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, w - 1 + T, D)
-        term = F.conv1d(window.transpose(1, 2), self.query_conv.weight, groups=x.shape[2]).transpose(1, 2)
-        return term, window[:, window.shape[1] - (w - 1):]
+    def _query_tokens(self, idx: Tensor, emb: Tensor, tail: Tensor | None = None, ema: Tensor | None = None
+                      ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """What the raw tokens add to every memory query: ids (B, T) and their embeddings (B, T, D) ->
+        (term (B, T, D) or None, new conv tail (B, w - 1, D) or None, new decayed-sum state (B, D) or None), causal.
+
+        memory_query_conv: a depthwise conv over the last w normalised embeddings; `tail` holds the ones before
+        these (zeros at the start). memory_query_ema: s_t = lambda s_{t-1} + sqrt(1 - lambda^2) e_t over the
+        query byte embeddings e (lambda per channel group; the scale keeps every group's size at that of one
+        embedding, whatever its time constant); `ema` is the state before these (zeros at the start). The sums run
+        through the SSD scan (one head per group, N = 1), so training and decoding share its exactness.
+        All None when both options are off.
+        """
+        c = self.config
+        term, new_tail, new_ema = None, None, None
+        if c.memory_query_conv:
+            x = self.query_tokens_norm(emb)
+            w = c.memory_query_conv
+            if tail is None:
+                tail = x.new_zeros(x.shape[0], w - 1, x.shape[2])
+            window = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, w - 1 + T, D)
+            term = F.conv1d(window.transpose(1, 2), self.query_conv.weight, groups=x.shape[2]).transpose(1, 2)
+            new_tail = window[:, window.shape[1] - (w - 1):]
+        if c.memory_query_ema:
+            b, t = idx.shape
+            g, d = QUERY_EMA_GROUPS, c.d_model
+            log_lam = F.logsigmoid(self.query_ema_logit.float())  # (G,) log lambda < 0
+            scale = (1 - torch.exp(2 * log_lam)).sqrt()
+            inp = self.query_embed(idx).float().view(b, t, g, d // g, 1) * scale[:, None, None]  # (B, T, G, P, 1)
+            ones = inp.new_ones(b, t, g, 1)
+            state = None if ema is None else ema.float().view(b, g, d // g, 1)
+            sums, final = scan_chunked(inp.squeeze(-1), log_lam.expand(b, t, g), ones, ones, state,
+                                       chunk=c.ssm_chunk)
+            new_ema = final.reshape(b, d)
+            pooled = sums.reshape(b, t, d).to(emb.dtype)
+            term = pooled if term is None else term + pooled
+        return term, new_tail, new_ema
 
     def _memory_read(self, h: Tensor, bank: Bank | None, qtok: Tensor | None = None) -> Tensor:
         q = self.memory_norm(h)
@@ -186,7 +224,7 @@ class RMT(nn.Module):
             explicit_bank = self.image_memory_bank(images) if memory else None
         hard = (not self.training) if hard_routing is None else hard_routing
         h = self.embed(idx)
-        qtok = self._query_tokens(h)[0] if memory else None  # only memory reads use it
+        qtok = self._query_tokens(idx, h)[0] if memory else None  # only memory reads use it
         for layer in self.prelude:
             h = layer(h)
         routing = self.router(h, mode=router, hard=hard)
@@ -222,7 +260,8 @@ class RMT(nn.Module):
         threshold) does not run the core at all; when no token of the batch thinks, the core is skipped.
         """
         h = self.embed(token)
-        qtok, tail = self._query_tokens(h.unsqueeze(1), cache.query_tail)
+        qtok, tail, ema = self._query_tokens(token.unsqueeze(1), h.unsqueeze(1), cache.query_tail,
+                                            cache.query_ema)
         qtok = qtok.squeeze(1) if qtok is not None else None
         prelude = []
         for layer, st in zip(self.prelude, cache.prelude):
@@ -242,7 +281,7 @@ class RMT(nn.Module):
         for layer, st in zip(self.coda, cache.coda):
             x, st = layer.step(x, st)
             coda.append(st)
-        new = Cache(prelude, core_states, coda, cache.length + 1, cache.explicit_bank, tail)
+        new = Cache(prelude, core_states, coda, cache.length + 1, cache.explicit_bank, tail, ema)
         return self._head(x), used, new
 
     @torch.no_grad()
@@ -253,7 +292,7 @@ class RMT(nn.Module):
         K = self._iters(think_iters)
         cache = self.new_cache(idx.shape[0], K, idx.device, explicit_bank)
         h = self.embed(idx)
-        qtok, cache.query_tail = self._query_tokens(h)
+        qtok, cache.query_tail, cache.query_ema = self._query_tokens(idx, h)
         for i, layer in enumerate(self.prelude):
             h, cache.prelude[i] = layer(h, return_state=True)
         routing = self.router(h, mode=router, hard=True)
