@@ -202,7 +202,8 @@ def test_vision_config_round_trips_and_defaults_stay_off(tmp_path):
 
 @pytest.mark.parametrize("options", [{}, {"vision_stem": "conv", "vision_conv_layers": 3, "memory_query_conv": 6,
                                           "explicit_sink": True}, {"vision_stem": "pool", "vision_conv_layers": 3},
-                                     {"memory_query_ema": 16}, {"memory_query_ema": 8, "memory_query_conv": 4}])
+                                     {"memory_query_ema": 16}, {"memory_query_ema": 8, "memory_query_conv": 4},
+                                     {"memory_query_ema": 64, "memory_query_state": False}])
 def test_image_model_decodes_token_by_token_like_the_full_forward(options):
     torch.manual_seed(0)
     model = RMT(RMTConfig(**VISION, **options)).eval()
@@ -225,13 +226,16 @@ def test_image_model_decodes_token_by_token_like_the_full_forward(options):
 
 def test_query_decayed_sum_is_the_recurrence_it_claims():
     """memory_query_ema: the term added to the queries is s_t = lambda s_{t-1} + sqrt(1 - lambda^2) e_t over the
-    query byte embeddings, lambda per group of channels, whatever the sequence's length against the scan's chunk;
-    the time constants start log-spaced from 2 to the configured longest."""
+    query byte embeddings, lambda per group of channels (learned, all starting at the configured time constant),
+    whatever the sequence's length against the scan's chunk."""
     torch.manual_seed(0)
     model = RMT(RMTConfig(**{**VISION, "ssm_chunk": 8, "memory_query_ema": 40}))
     lam = torch.sigmoid(model.query_ema_logit.detach())
     tau = -1 / lam.log()  # lambda = exp(-1 / tau)
-    assert abs(float(tau.min()) - 2) < 1e-3 and abs(float(tau.max()) - 40) < 1e-2
+    assert torch.allclose(tau, torch.full_like(tau, 40.0))
+    with torch.no_grad():  # groups with different decays, as after training
+        model.query_ema_logit.copy_(torch.linspace(-1.0, 4.0, len(lam)))
+    lam = torch.sigmoid(model.query_ema_logit.detach())
     idx = torch.randint(0, 256, (3, 21))
     term, tail, ema = model._query_tokens(idx, model.embed(idx))
     assert tail is None
@@ -244,6 +248,23 @@ def test_query_decayed_sum_is_the_recurrence_it_claims():
     assert torch.allclose(ema, s, atol=1e-4)
     with pytest.raises(ConfigError, match="memory_query_ema"):
         RMTConfig(**VISION, memory_query_ema=1)
+    with pytest.raises(ConfigError, match="memory_query_state"):
+        RMTConfig(**VISION, memory_query_state=False)
+
+
+def test_query_without_the_state_reads_with_the_token_terms_only():
+    """memory_query_state = false: the prelude read's query is the bag alone, so a change of the prelude's weights
+    leaves every read (and so the bank's attention) unchanged."""
+    torch.manual_seed(0)
+    model = RMT(RMTConfig(**{**VISION, "memory_query_ema": 16, "memory_query_state": False})).eval()
+    images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
+    idx = torch.randint(0, 256, (2, 9))
+    h = torch.randn(2, 9, model.config.d_model)
+    bank = model.image_memory_bank(images)
+    qtok = model._query_tokens(idx, model.embed(idx))[0]
+    with torch.no_grad():
+        assert torch.allclose(model._memory_read(h, bank, qtok), model._memory_read(h * 3 + 1, bank, qtok))
+        assert torch.allclose(model._memory_read(h, bank, qtok), model.explicit(qtok, bank))
 
 
 def test_sink_read_is_a_read_with_one_more_zero_entry():

@@ -52,12 +52,16 @@ class RMTConfig:
     # query (0 = off): the query then sees the question's words directly ("red" three bytes back), not only
     # through the prelude's state, which a bank read needs before the prelude has learned to carry them.
     memory_query_conv: int = 0
-    # Longest time constant (tokens) of a causal decayed sum of query-only byte embeddings, added to every memory
-    # query (0 = off); 8 channel groups, time constants log-spaced from 2 to this at the start, learned. A streamed
-    # form of the bag-of-words question encoding of End-to-End Memory Networks: the colour word of "Is red on the
-    # left?" reaches the query with one weight whatever its offset, and with the size a query needs to bind to a
-    # patch from the first step (experiments/README.md, Sort-of-CLEVR).
+    # Time constant (tokens) at the start of a causal decayed sum of query-only byte embeddings, added to every
+    # memory query (0 = off); 8 channel groups, each with its own learned decay. A streamed form of the
+    # bag-of-words question encoding of End-to-End Memory Networks: the colour word of "Is red on the left?"
+    # reaches the query with about one weight whatever its offset. Near-uniform over a question (64) binds;
+    # log-spaced short time constants did not (experiments/README.md, Sort-of-CLEVR).
     memory_query_ema: int = 0
+    # False: the prelude's memory read queries with the token terms above only, not the prelude's state. A
+    # colour word's share of a query must be large and clean from the first step for reads to bind to it; the
+    # state, added, dilutes it (experiments/README.md, Sort-of-CLEVR). The core's reads keep their own query.
+    memory_query_state: bool = True
     # Image encoder (R8): a conv patch encoder whose patch embeddings are written into the explicit bank.
     vision: bool = False
     vision_image_size: int = 75
@@ -103,6 +107,9 @@ class RMTConfig:
                 raise ConfigError(f"RMTConfig.{name}: expected an integer >= 0, got {getattr(self, name)}")
         if self.memory_query_ema == 1:
             raise ConfigError("RMTConfig.memory_query_ema: expected 0 (off) or a longest time constant >= 2 tokens, got 1")
+        if not self.memory_query_state and not (self.memory_query_conv or self.memory_query_ema):
+            raise ConfigError("RMTConfig.memory_query_state: false needs memory_query_conv or memory_query_ema, which "
+                              "then form the whole query")
         if self.memory_query_ema and self.d_model % 8:
             raise ConfigError(f"RMTConfig.memory_query_ema: its 8 channel groups must divide d_model, got {self.d_model}")
         if not 0 <= self.pad_id < self.vocab_size:

@@ -85,11 +85,9 @@ class RMT(nn.Module):
             self.query_conv = nn.Conv1d(c.d_model, c.d_model, c.memory_query_conv, groups=c.d_model, bias=False)
         if c.memory_query_ema:
             # The question's bag of bytes, streamed: a query-only byte embedding (not the LM's, which the head
-            # shares and which starts small), summed with decay. The groups' time constants tau start log-spaced
-            # from 2 tokens to memory_query_ema (decay lambda = exp(-1 / tau) = sigmoid(logit), learned).
-            g = QUERY_EMA_GROUPS
-            tau = 2 * torch.logspace(0.0, math.log10(c.memory_query_ema / 2), g)
-            lam = torch.exp(-1.0 / tau)
+            # shares and which starts small), summed with decay. Every group's time constant tau starts at
+            # memory_query_ema (decay lambda = exp(-1 / tau) = sigmoid(logit)) and is learned per group.
+            lam = torch.full((QUERY_EMA_GROUPS,), math.exp(-1.0 / c.memory_query_ema))
             self.query_ema_logit = nn.Parameter(torch.log(lam / (1 - lam)))
             self.query_embed = nn.Embedding(c.vocab_size, c.d_model)
             nn.init.normal_(self.query_embed.weight, std=1.0)
@@ -155,9 +153,10 @@ class RMT(nn.Module):
         return term, new_tail, new_ema
 
     def _memory_read(self, h: Tensor, bank: Bank | None, qtok: Tensor | None = None) -> Tensor:
-        q = self.memory_norm(h)
-        if qtok is not None:
-            q = q + qtok
+        if not self.config.memory_query_state:
+            q = qtok  # the config guarantees token terms exist
+        else:
+            q = self.memory_norm(h) if qtok is None else self.memory_norm(h) + qtok
         m = self.memory(q) if self.memory is not None else torch.zeros_like(h)
         if bank is not None:
             if self.explicit is None:
