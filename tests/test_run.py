@@ -99,12 +99,16 @@ def test_max_steps_then_resume_and_metrics(config_file, tmp_path):
     assert os.readlink(out / "checkpoints" / "latest") == "step-0000006"
     state = json.loads((out / "checkpoints" / "latest" / "training_state.json").read_text())
     assert (state["stage_index"], state["stage_step"], state["global_step"]) == (0, 6, 6)
+    seconds_at_6 = state["train_seconds"]
+    assert seconds_at_6 > 0
     assert main(["train", "--resume", str(out), "--max-steps", "12", "--no-progress"]) == 0
     state = json.loads((out / "checkpoints" / "latest" / "training_state.json").read_text())
     assert (state["stage_index"], state["stage_step"], state["global_step"]) == (1, 4, 12)
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     # every log_every steps, at each stage's end and where --max-steps stopped the run
     assert [r["step"] for r in rows] == [5, 6, 8, 10, 12]
+    # the optimizer-step clock continues across the resume instead of restarting at zero
+    assert rows[2]["elapsed_s"] > seconds_at_6
     assert all({"loss", "lr", "tokens_per_s", "think_iters", "router_think"} <= set(r) for r in rows)
     # old checkpoints are pruned to keep_checkpoints (3 by default)
     assert len(list((out / "checkpoints").glob("step-*"))) <= 3

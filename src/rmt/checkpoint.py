@@ -104,7 +104,8 @@ def save_training_state(state: dict, directory: str | Path) -> None:
             else:
                 plain_state.setdefault(str(param), {})[name] = value
     meta = {"stage_index": state["stage_index"], "stage_step": state["stage_step"],
-            "global_step": state["global_step"], "param_groups": opt["param_groups"],
+            "global_step": state["global_step"], "train_seconds": state.get("train_seconds", 0.0),
+            "param_groups": opt["param_groups"],
             "optimizer_plain_state": plain_state, "mix": _jsonable(state["mix"]), "k_rng": _jsonable(state["k_rng"])}
     atomic_write(d / TRAINING_STATE_TENSORS, lambda p: save_file(tensors, str(p)))
     atomic_write(d / TRAINING_STATE_JSON, lambda p: p.write_text(json.dumps(meta) + "\n"))
@@ -128,6 +129,7 @@ def load_training_state(directory: str | Path) -> dict:
     for param, plain in meta["optimizer_plain_state"].items():
         opt_state.setdefault(param, {}).update(plain)
     return {"stage_index": meta["stage_index"], "stage_step": meta["stage_step"], "global_step": meta["global_step"],
+            "train_seconds": meta.get("train_seconds", 0.0),  # absent in checkpoints written before it was kept
             "optimizer": {"state": opt_state, "param_groups": meta["param_groups"]}, "mix": meta["mix"],
             "k_rng": meta["k_rng"], "torch_rng": tensors["torch_rng"]}
 

@@ -243,7 +243,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
         if rank == 0 and images:
             # Tasks with images end the run with their test evaluation (accuracy by question type, memory-off
             # and recurrence-off ablations) in OUT/report.json, plus a PNG of the memory reads.
-            # Optimizer-step wall seconds of this process (a resumed run counts from its resume).
+            # Optimizer-step wall seconds of the whole run, a resumed one included (kept in the checkpoints).
             train_seconds = trainer.train_seconds
             for name in sorted(images):
                 task = get_task(name, **task_settings(cfg, name))

@@ -89,6 +89,8 @@ class Trainer:
         first = resume["stage_index"] if resume else 0
         if resume:
             self.global_step = resume["global_step"]
+            # optimizer-step seconds before the interruption (checkpoints older than this field: unknown, 0)
+            self.train_seconds = float(resume.get("train_seconds", 0.0))
         for i in range(first, len(stages)):
             if not self.run_stage(stages[i], i, resume if (resume and i == first) else None):
                 return False
@@ -101,6 +103,7 @@ class Trainer:
         A collective under FSDP (the sharded optimizer state is gathered): every process must call it.
         """
         return {"stage_index": stage_index, "stage_step": stage_step, "global_step": self.global_step,
+                "train_seconds": self.train_seconds,
                 "optimizer": get_optimizer_state_dict(self.model, opt, options=distributed.state_dict_options()),
                 "mix": mix.state_dict(), "k_rng": k_rng.getstate(), "torch_rng": torch.get_rng_state()}
 
