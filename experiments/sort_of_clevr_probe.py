@@ -36,8 +36,6 @@ p.add_argument("--questions", default="all", help="all | nonrel | shape | comma 
 p.add_argument("--cheat", action="store_true")
 p.add_argument("--cheat-std", type=float, default=1.0, help="init std of the cheat's colour embedding")
 p.add_argument("--device", default="cpu")
-p.add_argument("--no-state-query", action="store_true", help="prelude read's query from the token terms only (h zeroed)")
-p.add_argument("--query-ema-tau", type=float, default=0.0, help="start every memory_query_ema group at this time constant")
 p.add_argument("--query-embed-std", type=float, default=0.0, help="re-initialise memory_query_ema's byte embeddings")
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--tag", default="")
@@ -54,10 +52,6 @@ cfg = RMTConfig.from_dict(raw)
 model = RMT(cfg).to(a.device)
 if a.query_embed_std and cfg.memory_query_ema:
     torch.nn.init.normal_(model.query_embed.weight, std=a.query_embed_std)
-if a.query_ema_tau and cfg.memory_query_ema:  # every group with the same time constant
-    with torch.no_grad():
-        lam = torch.exp(torch.tensor(-1.0 / a.query_ema_tau))
-        model.query_ema_logit.fill_(float(torch.log(lam / (1 - lam))))
 tok = ByteTokenizer()
 task = get_task("sort-of-clevr", seed=0)
 train = task.split("train")
@@ -76,8 +70,6 @@ if a.cheat:
     model.add_module("cheat", cheat)
     current = {}
     model.memory_norm.register_forward_hook(lambda m, i, o: o + current["c"].unsqueeze(1) if o.dim() == 3 else o)
-if a.no_state_query:
-    model.memory_norm.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
 opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.1, betas=(0.9, 0.95))
 print(json.dumps({"tag": a.tag, "params": model.num_params(), "config": a.set, "cheat": a.cheat,
                   "questions": a.questions}), flush=True)

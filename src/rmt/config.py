@@ -106,7 +106,7 @@ class RMTConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"RMTConfig.{name}: expected an integer >= 0, got {getattr(self, name)}")
         if self.memory_query_ema == 1:
-            raise ConfigError("RMTConfig.memory_query_ema: expected 0 (off) or a longest time constant >= 2 tokens, got 1")
+            raise ConfigError("RMTConfig.memory_query_ema: expected 0 (off) or a starting time constant >= 2 tokens, got 1")
         if not self.memory_query_state and not (self.memory_query_conv or self.memory_query_ema):
             raise ConfigError("RMTConfig.memory_query_state: false needs memory_query_conv or memory_query_ema, which "
                               "then form the whole query")

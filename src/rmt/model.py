@@ -156,7 +156,9 @@ class RMT(nn.Module):
         if not self.config.memory_query_state:
             q = qtok  # the config guarantees token terms exist
         else:
-            q = self.memory_norm(h) if qtok is None else self.memory_norm(h) + qtok
+            q = self.memory_norm(h)
+            if qtok is not None:
+                q = q + qtok
         m = self.memory(q) if self.memory is not None else torch.zeros_like(h)
         if bank is not None:
             if self.explicit is None:
