@@ -72,6 +72,9 @@ class RMTConfig:
     # "pool": vision_conv_layers [3x3 stride-1 conv, 2x2 max-pool] blocks, grid rounded down (75 -> 9 with 3).
     vision_stem: str = "patch"
     vision_conv_layers: int = 4
+    # Weight of the image encoder's pixel-reconstruction loss (each bank entry decoded back into its grid cell's
+    # pixels; vision.py), added to the training loss whenever images are encoded; 0 = no decoder at all.
+    vision_recon: float = 0.0
     # The thinking core reads the explicit bank again at every iteration, with a query from its own state
     # (a second hop: e.g. from "where is the red object" to "what is next to that place").
     core_reads_memory: bool = False
@@ -142,6 +145,10 @@ class RMTConfig:
         if self.vision_stem == "patch" and self.vision_image_size % self.vision_patch:
             raise ConfigError(f"RMTConfig.vision_patch: must divide vision_image_size={self.vision_image_size}, "
                               f"got {self.vision_patch}")
+        if not self.vision_recon >= 0.0:
+            raise ConfigError(f"RMTConfig.vision_recon: expected a weight >= 0, got {self.vision_recon}")
+        if self.vision_recon and not self.vision:
+            raise ConfigError("RMTConfig.vision_recon: reconstructs images; needs vision = true")
         if not 0.0 < self.router_threshold < 1.0:
             raise ConfigError(f"RMTConfig.router_threshold: expected a value in (0, 1), got {self.router_threshold}")
 

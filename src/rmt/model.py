@@ -39,6 +39,9 @@ class Output:
     think_iters: Tensor  # (B, T) thinking iterations each token actually ran
     compute_cost: Tensor  # scalar: mean over tokens of w_think * K (what the router pays for thinking)
     memory_logits: Tensor | None = None  # (B, T, V) the memory read's own prediction, when asked for
+    # scalar: the image encoder's pixel-reconstruction loss, already weighted by config.vision_recon (training
+    # with images only); `loss_fn` adds it to the total
+    recon_loss: Tensor | None = None
 
 
 @dataclass
@@ -96,7 +99,7 @@ class RMT(nn.Module):
         self.explicit = (ExplicitMemoryRead(c.d_model, d_key=c.explicit_d_key, heads=c.explicit_heads,
                                             read=c.explicit_read, sink=c.explicit_sink) if c.explicit_memory else None)
         self.vision = (PatchEncoder(c.d_model, c.vision_image_size, c.vision_patch, c.vision_channels,
-                                    c.vision_stem, c.vision_conv_layers)
+                                    c.vision_stem, c.vision_conv_layers, recon=c.vision_recon > 0)
                        if c.vision else None)
         if c.core_reads_memory:
             # The core's own query into the explicit bank (its keys and values are the bank's): the state asks
@@ -219,10 +222,14 @@ class RMT(nn.Module):
         call reads (instead of explicit_bank); with memory=False they are not even encoded.
         """
         K = self._iters(think_iters)
+        recon = None
         if images is not None:
             if explicit_bank is not None:
                 raise ValueError("give images or explicit_bank, not both")
-            explicit_bank = self.image_memory_bank(images) if memory else None
+            if memory:
+                explicit_bank, entries = self._image_bank(images)
+                if self.training and self.config.vision_recon > 0:
+                    recon = self.config.vision_recon * self.vision.reconstruction_loss(images, entries)
         hard = (not self.training) if hard_routing is None else hard_routing
         h = self.embed(idx)
         qtok = self._query_tokens(idx, h)[0] if memory else None  # only memory reads use it
@@ -241,7 +248,7 @@ class RMT(nn.Module):
         for layer in self.coda:
             x = layer(x)
         cost = (routing.w_think.float() * K).mean()
-        return Output(self._head(x), routing, used, cost, mem_logits)
+        return Output(self._head(x), routing, used, cost, mem_logits, recon)
 
     # ------------------------------------------------------------------------------------- generation
     def new_cache(self, batch: int, think_iters: int | None = None, device=None,
@@ -347,12 +354,16 @@ class RMT(nn.Module):
 
     def image_memory_bank(self, images: Tensor) -> Bank:
         """A fresh explicit bank holding each row's image patches: images (B, S, S, 3) -> bank of B rows."""
+        return self._image_bank(images)[0]
+
+    def _image_bank(self, images: Tensor) -> tuple[Bank, Tensor]:
+        """-> (a fresh bank holding the images' patches, the patch entries (B, M, D) written into it)."""
         if self.vision is None:
             raise ValueError("this model was built with vision = false (no image encoder)")
         bank = self.new_memory_bank()
         key_inputs, entries = self.vision.encode(images)
         self.write_memory(bank, entries, key_entries=key_inputs)
-        return bank
+        return bank, entries
 
     def write_memory(self, bank: Bank, entries: Tensor, mask: Tensor | None = None,
                      key_entries: Tensor | None = None) -> None:
@@ -375,7 +386,8 @@ class RMT(nn.Module):
 def loss_fn(out: Output, targets: Tensor, compute_weight: float = 0.0, memory_weight: float = 0.0,
             n_targets: Tensor | float | None = None) -> tuple[Tensor, Tensor]:
     """Cross-entropy over targets (B, T) (-100 = ignore), plus the router's compute cost, plus (when the
-    output carries memory logits) the memory read's own cross-entropy -> (total, lm loss).
+    output carries memory logits) the memory read's own cross-entropy, plus (when it carries one) the image
+    encoder's weighted reconstruction loss -> (total, lm loss).
 
     n_targets: divide the summed cross-entropy by this count instead of the local one (data-parallel
     training passes the global count, so every process's loss is its share of the global mean).
@@ -390,4 +402,6 @@ def loss_fn(out: Output, targets: Tensor, compute_weight: float = 0.0, memory_we
     total = lm + compute_weight * out.compute_cost
     if memory_weight and out.memory_logits is not None:
         total = total + memory_weight * ce(out.memory_logits)
+    if out.recon_loss is not None:
+        total = total + out.recon_loss
     return total, lm

@@ -186,6 +186,8 @@ class Trainer:
             acc["grad_norm"].append(float(gnorm))
             # Expected iterations the router pays for (soft gates in training): K * mean w_think.
             acc["think_iters"].append(out.compute_cost.item())
+            if out.recon_loss is not None:  # weighted, as it enters the total
+                acc["vision_recon"].append(out.recon_loss.item())
             probs = out.routing.probs.detach().float().mean(dim=(0, 1)).tolist()
             for i, b in enumerate(("memory", "think", "both")):
                 acc[f"router_{b}"].append(probs[i])
