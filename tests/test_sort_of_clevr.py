@@ -12,7 +12,7 @@ import torch
 from rmt.cli import main
 from rmt.config import ConfigError, RMTConfig
 from rmt.memory import SoftmaxMemoryBank, softmax_attention_reference
-from rmt.model import RMT
+from rmt.model import RMT, loss_fn
 from rmt.tasks import get_task
 from rmt.tasks.sort_of_clevr import (ANSWERS, COLORS, QUESTIONS, RGB, SortOfClevrConfig, answer, generate, stamps)
 
@@ -321,6 +321,52 @@ def test_gradients_reach_the_image_encoder_and_the_core_query():
     assert model.vision.patchify.weight.grad.abs().sum() > 0
     assert model.vision.key_position.weight.grad.abs().sum() > 0  # zero at the start, but it learns
     assert model.core_query.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("stem,layers", [("conv", 3), ("patch", 1), ("pool", 3)])
+def test_reconstruction_loss_is_the_per_pixel_error_of_each_cell(stem, layers):
+    torch.manual_seed(0)
+    cfg = RMTConfig(**{**VISION, "vision_patch": 15, "vision_stem": stem, "vision_conv_layers": layers,
+                       "vision_recon": 0.5})
+    enc = RMT(cfg).vision
+    images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
+    entries = torch.randn(2, enc.num_patches, cfg.d_model)
+    decoded = enc.recon(entries).detach().view(2, enc.grid, enc.grid, 3, enc.cell, enc.cell)
+    pixels = images.double() / 127.5 - 1.0
+    total, n = 0.0, 0
+    for b in range(2):  # the slow way: every pixel that lies in the picture, against its cell's decoding
+        for y in range(min(75, enc.grid * enc.cell)):
+            for x in range(min(75, enc.grid * enc.cell)):
+                i, j = y // enc.cell, x // enc.cell
+                d = decoded[b, i, j, :, y - i * enc.cell, x - j * enc.cell].double()
+                total += float(((d - pixels[b, y, x]) ** 2).sum())
+                n += 3
+    assert math.isclose(float(enc.reconstruction_loss(images, entries)), total / n, rel_tol=1e-5)
+
+
+def test_reconstruction_loss_enters_training_only():
+    torch.manual_seed(0)
+    model = RMT(RMTConfig(**{**VISION, "vision_recon": 2.0}))
+    images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
+    idx = torch.randint(0, 256, (2, 10))
+    targets = torch.randint(0, 256, (2, 10))
+    out = model(idx, images=images)
+    _, entries = model.vision.encode(images)
+    assert torch.allclose(out.recon_loss, 2.0 * model.vision.reconstruction_loss(images, entries))
+    total, lm = loss_fn(out, targets)
+    assert torch.allclose(total - lm, out.recon_loss)
+    total.backward()
+    assert model.vision.recon.weight.grad.abs().sum() > 0 and model.vision.patchify.weight.grad.abs().sum() > 0
+    assert model(idx, images=images, memory=False).recon_loss is None  # the picture is not even encoded
+    assert model.eval()(idx, images=images).recon_loss is None
+    assert RMT(RMTConfig(**VISION)).vision.recon is None  # off by default: no decoder, no checkpoint entry
+    with pytest.raises(ValueError, match="reconstruction head"):
+        RMT(RMTConfig(**VISION)).vision.reconstruction_loss(images, entries)
+    for bad, match in [({**VISION, "vision_recon": -1.0}, "vision_recon"),
+                       ({**VISION, "vision_recon": float("nan")}, "vision_recon"),
+                       ({"vision_recon": 1.0}, "needs vision")]:
+        with pytest.raises(ConfigError, match=match):
+            RMTConfig(**bad)
 
 
 # ------------------------------------------------------------------------------------------------ training
