@@ -263,8 +263,8 @@ def test_query_without_the_state_reads_with_the_token_terms_only():
     bank = model.image_memory_bank(images)
     qtok = model._query_tokens(idx, model.embed(idx))[0]
     with torch.no_grad():
-        assert torch.allclose(model._memory_read(h, bank, qtok), model._memory_read(h * 3 + 1, bank, qtok))
-        assert torch.allclose(model._memory_read(h, bank, qtok), model.explicit(qtok, bank))
+        assert torch.allclose(model._memory_read(h, bank, qtok)[0], model._memory_read(h * 3 + 1, bank, qtok)[0])
+        assert torch.allclose(model._memory_read(h, bank, qtok)[0], model.explicit(qtok, bank))
 
 
 def test_sink_read_is_a_read_with_one_more_zero_entry():
@@ -367,6 +367,59 @@ def test_reconstruction_loss_enters_training_only():
                        ({"vision_recon": 1.0}, "needs vision")]:
         with pytest.raises(ConfigError, match=match):
             RMTConfig(**bad)
+
+
+def test_bank_focus_and_distance_bias():
+    torch.manual_seed(0)
+    bank = SoftmaxMemoryBank(d_key=4, d_value=6, heads=2)
+    positions = torch.tensor([[[-1.0, -1.0], [0.0, 0.0], [1.0, 0.5], [0.9, 0.9]]])
+    bank.write(torch.zeros(1, 4, 4), torch.randn(1, 4, 6), positions=positions)
+    # a read that put all its weight on entry 2 (both heads) looked at entry 2's position
+    onehot = torch.zeros(1, 1, 2, 4)
+    onehot[..., 2] = 1.0
+    assert torch.allclose(bank.focus(onehot), positions[:, 2:3])
+    focus = torch.tensor([[[1.0, 1.0]]])
+    d2 = bank.distance2(focus)
+    assert torch.allclose(d2, ((positions - focus) ** 2).sum(-1).unsqueeze(1))
+    # equal keys: the bias alone decides -- a large positive beta picks the nearest entry, a negative one the
+    # furthest, and the weights come back per head
+    for beta, expected in [(50.0, 3), (-50.0, 0)]:
+        bias = (-beta * d2).unsqueeze(2).expand(1, 1, 2, 4)
+        _, weights = bank.read(torch.randn(1, 1, 4), bias=bias, return_weights=True)
+        assert weights.shape == (1, 1, 2, 4) and bool((weights[0, 0, :, expected] > 0.99).all())
+    with pytest.raises(ValueError, match="positions"):
+        bank.write(torch.zeros(1, 1, 4), torch.zeros(1, 1, 6))  # this bank's writes carry positions
+    with pytest.raises(ValueError, match="no positions"):
+        SoftmaxMemoryBank(4, 6).focus(onehot)
+
+
+def test_core_read_distance_decodes_like_the_forward_and_learns():
+    torch.manual_seed(0)
+    cfg = RMTConfig(**{**VISION, "core_read_distance": True, "explicit_sink": True})
+    model = RMT(cfg)
+    assert model.core_distance.weight.abs().max() == 0  # starts as a plain content read
+    images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
+    idx = torch.randint(0, 256, (2, 12))
+    model(idx, images=images).logits.sum().backward()
+    assert model.core_distance.weight.grad.abs().sum() > 0
+    bank = model.image_memory_bank(images)
+    assert torch.allclose(bank.positions[0], model.vision.coords[:, :2])
+    torch.nn.init.normal_(model.core_distance.weight)
+    model.eval()
+    with torch.no_grad():
+        full = model(idx, explicit_bank=bank).logits
+        logits, _, cache = model.prefill(idx[:, :8], explicit_bank=bank)
+        assert torch.allclose(logits, full[:, 7], atol=1e-5)
+        for t in range(8, 12):
+            logits, _, cache = model.step(idx[:, t], cache)
+            assert torch.allclose(logits, full[:, t], atol=1e-4)
+        # the distance term is live: without it the core reads (and the logits) differ
+        torch.nn.init.zeros_(model.core_distance.weight)
+        torch.nn.init.zeros_(model.core_distance.bias)
+        assert not torch.allclose(model(idx, explicit_bank=bank).logits, full)
+    for bad in [{"core_reads_memory": False}, {"vision": False}]:
+        with pytest.raises(ConfigError, match="core_read_distance"):
+            RMTConfig(**{**VISION, "core_read_distance": True, **bad})
 
 
 # ------------------------------------------------------------------------------------------------ training

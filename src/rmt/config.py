@@ -78,6 +78,10 @@ class RMTConfig:
     # The thinking core reads the explicit bank again at every iteration, with a query from its own state
     # (a second hop: e.g. from "where is the red object" to "what is next to that place").
     core_reads_memory: bool = False
+    # ... and each of those reads adds -beta_h * |p_i - f|^2 to entry i's score in head h: f is where the prelude's
+    # read looked (its weight-averaged patch position), beta_h a linear function of the core's state, zero at the
+    # start (> 0 favours what is near the object found, < 0 what is far from it). Needs images (positions).
+    core_read_distance: bool = False
     # Thinking core: K iterations of shared-weight layers.
     think_iters: int = 4  # K at inference (training samples K per batch from its stage's range)
     think_init: str = "zero"  # initial core state: "zero" or "random"
@@ -140,6 +144,9 @@ class RMTConfig:
             raise ConfigError("RMTConfig.vision: images are written into the explicit bank; needs explicit_memory = true")
         if self.core_reads_memory and not self.explicit_memory:
             raise ConfigError("RMTConfig.core_reads_memory: needs explicit_memory = true")
+        if self.core_read_distance and not (self.core_reads_memory and self.vision and self.explicit_read == "softmax"):
+            raise ConfigError("RMTConfig.core_read_distance: needs core_reads_memory = true, vision = true (patch "
+                              "positions) and explicit_read = 'softmax' (per-entry weights)")
         if self.vision_stem not in ("patch", "conv", "pool"):
             raise ConfigError(f"RMTConfig.vision_stem: expected 'patch', 'conv' or 'pool', got {self.vision_stem!r}")
         if self.vision_stem == "patch" and self.vision_image_size % self.vision_patch:

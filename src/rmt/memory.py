@@ -510,6 +510,11 @@ class SoftmaxMemoryBank:
     with the head dimension flattened last. Writes append (out of place, so autograd sees every write).
     When ``record`` is True each read appends its attention weights (B, T, heads, M), detached, to
     ``recorded``, for inspection (e.g. which image patches a question looked at, read by read).
+
+    Entries may carry positions (``write(..., positions=)``, (B, M, P), e.g. an image patch's (x, y)); then
+    `focus` turns a read's weights into where it looked, and a later read can add a score bias by distance
+    from there (``read(..., bias=)``): the thinking core's "what is closest to / furthest from the object I
+    found" (`RMTConfig.core_read_distance`).
     """
 
     def __init__(self, d_key: int, d_value: int, heads: int = 1, sink: bool = False) -> None:
@@ -525,6 +530,7 @@ class SoftmaxMemoryBank:
         self.keys: Tensor | None = None
         self.values: Tensor | None = None
         self.mask: Tensor | None = None
+        self.positions: Tensor | None = None
 
     @property
     def num_entries(self) -> Tensor:
@@ -534,13 +540,19 @@ class SoftmaxMemoryBank:
         return self.mask.long().sum(1)
 
     def state_bytes(self) -> int:
-        """Bytes held (keys, values, mask): grows with the number of entries."""
-        state = (self.keys, self.values, self.mask)
+        """Bytes held (keys, values, mask, positions): grows with the number of entries."""
+        state = (self.keys, self.values, self.mask, self.positions)
         return sum(t.numel() * t.element_size() for t in state if t is not None)
 
-    def write(self, keys: Tensor, values: Tensor, mask: Tensor | None = None) -> None:
-        """Append entries: keys (B, M, d_key), values (B, M, d_value), mask (B, M) bool (True = present)."""
+    def write(self, keys: Tensor, values: Tensor, mask: Tensor | None = None, positions: Tensor | None = None
+              ) -> None:
+        """Append entries: keys (B, M, d_key), values (B, M, d_value), mask (B, M) bool (True = present),
+        positions (B, M, P) float or None; every write of a bank gives positions or none does."""
         b, m, dk = keys.shape
+        if self.keys is not None and (positions is None) != (self.positions is None):
+            raise ValueError("positions: give them with every write of a bank or with none")
+        if positions is not None and positions.shape[:2] != (b, m):
+            raise ValueError(f"expected positions (B, M, P) = ({b}, {m}, P), got {tuple(positions.shape)}")
         if dk != self.d_key or values.shape != (b, m, self.d_value):
             raise ValueError(f"expected keys (B, M, {self.d_key}) and values (B, M, {self.d_value}), "
                              f"got {tuple(keys.shape)} and {tuple(values.shape)}")
@@ -552,22 +564,47 @@ class SoftmaxMemoryBank:
         keys = torch.where(keep, keys, torch.zeros((), device=keys.device, dtype=keys.dtype))
         values = torch.where(keep, values, torch.zeros((), device=values.device, dtype=values.dtype))
         if self.keys is None:
-            self.keys, self.values, self.mask = keys, values, mask
+            self.keys, self.values, self.mask, self.positions = keys, values, mask, positions
         else:
             self.keys = torch.cat([self.keys, keys], 1)
             self.values = torch.cat([self.values, values], 1)
             self.mask = torch.cat([self.mask, mask], 1)
+            if positions is not None:
+                self.positions = torch.cat([self.positions, positions], 1)
 
-    def read(self, queries: Tensor) -> Tensor:
-        """queries (B, T, d_key) -> (B, T, d_value); zero for batch elements with no entries."""
+    def focus(self, weights: Tensor) -> Tensor:
+        """Where a read looked: its weights (B, T, heads, M) -> the weighted mean entry position (B, T, P),
+        over all heads, each head counted by how much weight it gave to entries (with a sink, a head that
+        matched nothing gives little)."""
+        if self.positions is None:
+            raise ValueError("this bank's entries have no positions")
+        w = weights.sum(2)  # (B, T, M)
+        return (w @ self.positions.to(w.dtype)) / w.sum(-1, keepdim=True).clamp_min(1e-6)
+
+    def distance2(self, focus: Tensor) -> Tensor:
+        """Squared distance of every entry from a point per query: focus (B, T, P) -> (B, T, M)."""
+        if self.positions is None:
+            raise ValueError("this bank's entries have no positions")
+        return ((self.positions.unsqueeze(1).to(focus.dtype) - focus.unsqueeze(2)) ** 2).sum(-1)
+
+    def read(self, queries: Tensor, bias: Tensor | None = None, return_weights: bool = False
+             ) -> Tensor | tuple[Tensor, Tensor]:
+        """queries (B, T, d_key) -> (B, T, d_value); zero for batch elements with no entries.
+
+        bias: (B, T, heads, M) added to the scores (after the 1/sqrt(d) scaling, before the softmax).
+        return_weights: also return the weights (B, T, heads, M) (with autograd; the sink's share left out).
+        """
         b, t, _ = queries.shape
         if self.keys is None:
-            return queries.new_zeros(b, t, self.d_value)
+            out = queries.new_zeros(b, t, self.d_value)
+            return (out, queries.new_zeros(b, t, self.heads, 0)) if return_weights else out
         h = self.heads
         q = queries.view(b, t, h, -1).transpose(1, 2)  # (B, H, T, dk)
         k = self.keys.to(queries.dtype).view(b, -1, h, self.d_key // h).transpose(1, 2)  # (B, H, M, dk)
         v = self.values.to(queries.dtype).view(b, -1, h, self.d_value // h).transpose(1, 2)  # (B, H, M, dv)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_key // h)  # (B, H, T, M)
+        if bias is not None:
+            scores = scores + bias.to(scores.dtype).transpose(1, 2)
         scores = scores.masked_fill(~self.mask.view(b, 1, 1, -1), float("-inf"))
         # A batch element with no entries has an all -inf row: softmax would give NaN, so it reads zero.
         present = self.mask.any(1)
@@ -582,7 +619,8 @@ class SoftmaxMemoryBank:
         if self.record:
             self.recorded.append(weights.detach().permute(0, 2, 1, 3))  # (B, T, H, M)
         out = (weights @ v).transpose(1, 2).reshape(b, t, self.d_value)
-        return out * present.to(out.dtype).view(b, 1, 1)
+        out = out * present.to(out.dtype).view(b, 1, 1)
+        return (out, weights.transpose(1, 2)) if return_weights else out
 
 
 def softmax_attention_reference(queries: Tensor, keys: Tensor, values: Tensor, heads: int,
@@ -654,7 +692,12 @@ class ExplicitMemoryRead(nn.Module):
         ``key_entries`` (same shape) when given, so what finds an entry can differ from what it returns."""
         return self.key_proj(entries if key_entries is None else key_entries), self.value_proj(entries)
 
-    def forward(self, x: Tensor, bank: ExplicitMemoryBank | SoftmaxMemoryBank) -> Tensor:
-        """Read ``bank`` with queries from ``x``: (B, T, d_model) -> (B, T, d_model)."""
+    def forward(self, x: Tensor, bank: ExplicitMemoryBank | SoftmaxMemoryBank, return_weights: bool = False
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """Read ``bank`` with queries from ``x``: (B, T, d_model) -> (B, T, d_model); with return_weights (softmax
+        banks only), also the read's weights (B, T, heads, M)."""
+        if return_weights:
+            read, weights = bank.read(self.query_proj(x), return_weights=True)
+            return self.out_proj(read.to(self.out_proj.weight.dtype)).to(x.dtype), weights
         read = bank.read(self.query_proj(x))
         return self.out_proj(read.to(self.out_proj.weight.dtype)).to(x.dtype)

@@ -106,6 +106,12 @@ class RMT(nn.Module):
             # something else than the prelude did, e.g. "what is near the place I found", not "where is red".
             self.core_query_norm = RMSNorm(c.d_model)
             self.core_query = nn.Linear(c.d_model, c.explicit_d_key, bias=False)
+        if c.core_read_distance:
+            # beta per head from the core's normalised query input; zero at the start, so the core's reads begin
+            # as plain content reads and the distance term grows only when "near/far from it" pays off.
+            self.core_distance = nn.Linear(c.d_model, c.explicit_heads)
+            nn.init.zeros_(self.core_distance.weight)
+            nn.init.zeros_(self.core_distance.bias)
         self.core = ThinkingCore(c.d_model, c.n_core, hidden, **ssm)
         self.coda = nn.ModuleList([Block(c.d_model, hidden, conv_width=c.ssm_conv, **ssm) for _ in range(c.n_coda)])
         self.norm = RMSNorm(c.d_model)
@@ -155,7 +161,11 @@ class RMT(nn.Module):
             term = pooled if term is None else term + pooled
         return term, new_tail, new_ema
 
-    def _memory_read(self, h: Tensor, bank: Bank | None, qtok: Tensor | None = None) -> Tensor:
+    def _memory_read(self, h: Tensor, bank: Bank | None, qtok: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor | None]:
+        """The prelude's memory read: h (B, T, D) or (B, D) -> (read (same shape), focus or None), focus (B, T, P)
+        or (B, P) being where the read looked in the explicit bank (only with core_read_distance)."""
+        focus = None
         if not self.config.memory_query_state:
             q = qtok  # the config guarantees token terms exist
         else:
@@ -167,31 +177,51 @@ class RMT(nn.Module):
             if self.explicit is None:
                 raise ValueError("an explicit memory bank was given but the config has explicit_memory = false")
             # The bank reads (B, T, D) queries; a decoding step has no T axis.
-            m = m + (self.explicit(q.unsqueeze(1), bank).squeeze(1) if q.dim() == 2 else self.explicit(q, bank))
-        return m
+            q3 = q.unsqueeze(1) if q.dim() == 2 else q
+            if self.config.core_read_distance and getattr(bank, "positions", None) is not None:
+                read, weights = self.explicit(q3, bank, return_weights=True)
+                focus = bank.focus(weights)
+                focus = focus.squeeze(1) if q.dim() == 2 else focus
+            else:
+                read = self.explicit(q3, bank)
+            m = m + (read.squeeze(1) if q.dim() == 2 else read)
+        return m, focus
 
     def _memory_branch(self, h: Tensor, routing: Routing, memory: bool, bank: Bank | None,
-                       qtok: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """-> (e = h + w_memory * m, the read m); with memory off, (h, None) and memory is never touched."""
+                       qtok: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """-> (e = h + w_memory * m, the read m, where it looked (see `_memory_read`)); with memory off,
+        (h, None, None) and memory is never touched."""
         if not memory:
-            return h, None
-        m = self._memory_read(h, bank, qtok)
-        return h + routing.w_memory.unsqueeze(-1) * m, m
+            return h, None, None
+        m, focus = self._memory_read(h, bank, qtok)
+        return h + routing.w_memory.unsqueeze(-1) * m, m, focus
 
-    def _core_reread(self, e: Tensor, routing: Routing, memory: bool, bank: Bank | None):
+    def _core_reread(self, e: Tensor, routing: Routing, memory: bool, bank: Bank | None,
+                     focus: Tensor | None = None):
         """The core's per-iteration memory read, s (B, T, D) or (B, D) -> w_memory * read (same shape), or None
         when the core does not read memory (config off, memory off, or no bank).
 
         The query comes from e + s (the core's input, which carries the prelude's read, plus its state), so the
         first iteration can already ask a follow-up question (e.g. "what is closest to where red is") rather
-        than starting from the empty state."""
+        than starting from the empty state. With core_read_distance and a `focus` (where the prelude's read
+        looked), every entry's score in head h gets -beta_h * (squared distance from the focus), beta from the
+        same normalised input as the query."""
         if not (self.config.core_reads_memory and memory and bank is not None):
             return None
         w = routing.w_memory.unsqueeze(-1)
 
         def reread(s: Tensor) -> Tensor:
-            q = self.core_query(self.core_query_norm(e + s))
-            read = bank.read(q.unsqueeze(1)).squeeze(1) if q.dim() == 2 else bank.read(q)
+            x = self.core_query_norm(e + s)
+            q = self.core_query(x)
+            step = q.dim() == 2  # a decoding step has no T axis
+            bias = None
+            if focus is not None:
+                beta = self.core_distance(x)  # (B, [T,] H)
+                d2 = bank.distance2(focus.unsqueeze(1) if step else focus)  # (B, T, M)
+                bias = -(beta.unsqueeze(1) if step else beta).unsqueeze(-1) * d2.unsqueeze(2)  # (B, T, H, M)
+            read = bank.read(q.unsqueeze(1) if step else q, bias=bias) if bias is not None else \
+                bank.read(q.unsqueeze(1) if step else q)
+            read = read.squeeze(1) if step else read
             return w * self.explicit.out_proj(read.to(self.explicit.out_proj.weight.dtype)).to(s.dtype)
 
         return reread
@@ -236,12 +266,12 @@ class RMT(nn.Module):
         for layer in self.prelude:
             h = layer(h)
         routing = self.router(h, mode=router, hard=hard)
-        e, m = self._memory_branch(h, routing, memory, explicit_bank, qtok)
+        e, m, focus = self._memory_branch(h, routing, memory, explicit_bank, qtok)
         mem_logits = self._head(m) if (memory_logits and m is not None) else None
         if K > 0 and bool(routing.think_mask.any()):
             s, used = self.core(e, routing.w_think, K, bptt=bptt, exit_rule=exit_rule, init=self.config.think_init,
                                 readout=lambda st: self._head(e + st),
-                                reread=self._core_reread(e, routing, memory, explicit_bank))
+                                reread=self._core_reread(e, routing, memory, explicit_bank, focus))
             x = e + s
         else:
             x, used = e, torch.zeros(idx.shape, device=idx.device)
@@ -276,12 +306,13 @@ class RMT(nn.Module):
             h, st = layer.step(h, st)
             prelude.append(st)
         routing = self.router(h, mode=router, hard=True)
-        e, _ = self._memory_branch(h, routing, memory, cache.explicit_bank, qtok)
+        e, _, focus = self._memory_branch(h, routing, memory, cache.explicit_bank, qtok)
         core_states = cache.core
         if cache.core and bool(routing.think_mask.any()):
             s, used, core_states = self.core.step(e, routing.w_think, cache.core, exit_rule=exit_rule,
                                                   readout=lambda st: self._head(e + st),
-                                                  reread=self._core_reread(e, routing, memory, cache.explicit_bank))
+                                                  reread=self._core_reread(e, routing, memory, cache.explicit_bank,
+                                                                           focus))
             x = e + s
         else:
             x, used = e, torch.zeros(token.shape, device=token.device)
@@ -304,13 +335,13 @@ class RMT(nn.Module):
         for i, layer in enumerate(self.prelude):
             h, cache.prelude[i] = layer(h, return_state=True)
         routing = self.router(h, mode=router, hard=True)
-        e, _ = self._memory_branch(h, routing, memory, explicit_bank, qtok)
+        e, _, focus = self._memory_branch(h, routing, memory, explicit_bank, qtok)
         used = torch.zeros(idx.shape, device=idx.device)
         x = e
         if K > 0 and bool(routing.think_mask.any()):  # otherwise the core's empty states are already exact
             s, used, cache.core = self.core(e, routing.w_think, K, exit_rule=exit_rule, keep_states=True,
                                             readout=lambda st: self._head(e + st),
-                                            reread=self._core_reread(e, routing, memory, explicit_bank))
+                                            reread=self._core_reread(e, routing, memory, explicit_bank, focus))
             x = e + s
         for i, layer in enumerate(self.coda):
             x, cache.coda[i] = layer(x, return_state=True)
@@ -362,17 +393,24 @@ class RMT(nn.Module):
             raise ValueError("this model was built with vision = false (no image encoder)")
         bank = self.new_memory_bank()
         key_inputs, entries = self.vision.encode(images)
-        self.write_memory(bank, entries, key_entries=key_inputs)
+        positions = None
+        if self.config.core_read_distance:  # each patch's (x, y) in [-1, 1]
+            positions = self.vision.coords[:, :2].expand(images.shape[0], -1, -1)
+        self.write_memory(bank, entries, key_entries=key_inputs, positions=positions)
         return bank, entries
 
     def write_memory(self, bank: Bank, entries: Tensor, mask: Tensor | None = None,
-                     key_entries: Tensor | None = None) -> None:
+                     key_entries: Tensor | None = None, positions: Tensor | None = None) -> None:
         """Write entry embeddings (B, M, D) — encoded facts, image patches — into ``bank``; key_entries (B, M, D),
-        when given, are what the keys are computed from instead of the entries (an image's content-first keys)."""
+        when given, are what the keys are computed from instead of the entries (an image's content-first keys);
+        positions (B, M, P), softmax banks only: where each entry is (see `core_read_distance`)."""
         if self.explicit is None:
             raise ValueError("this model was built with explicit_memory = false")
         keys, values = self.explicit.encode_entries(entries, key_entries)
-        bank.write(keys, values, mask)
+        if positions is not None:
+            bank.write(keys, values, mask, positions=positions)
+        else:
+            bank.write(keys, values, mask)
 
     def encode_text(self, idx: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Entry embeddings for texts (M, T) -> (M, D): the prelude's state at each text's last token."""
