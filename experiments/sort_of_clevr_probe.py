@@ -40,6 +40,7 @@ p.add_argument("--query-embed-std", type=float, default=0.0, help="re-initialise
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--tag", default="")
 p.add_argument("--time-limit", type=float, default=1e9)
+p.add_argument("--init", default="", help="start from a checkpoint directory's weights (new parameters keep their init)")
 a = p.parse_args()
 
 torch.manual_seed(a.seed)
@@ -50,6 +51,11 @@ for s in a.set:
     raw[k] = tomllib.loads(f"v = {v}")["v"]
 cfg = RMTConfig.from_dict(raw)
 model = RMT(cfg).to(a.device)
+if a.init:
+    from safetensors.torch import load_file
+    missing, unexpected = model.load_state_dict(load_file(f"{a.init}/model.safetensors"), strict=False)
+    print(json.dumps({"init": a.init, "new_parameters": missing, "unexpected": unexpected}), flush=True)
+    assert not unexpected
 if a.query_embed_std and cfg.memory_query_ema:
     torch.nn.init.normal_(model.query_embed.weight, std=a.query_embed_std)
 tok = ByteTokenizer()
