@@ -211,16 +211,16 @@ class RMT(nn.Module):
         w = routing.w_memory.unsqueeze(-1)
 
         def reread(s: Tensor) -> Tensor:
+            step = s.dim() == 2  # a decoding step has no T axis; the bank reads (B, T, .)
             x = self.core_query_norm(e + s)
+            x = x.unsqueeze(1) if step else x
             q = self.core_query(x)
-            step = q.dim() == 2  # a decoding step has no T axis
-            bias = None
-            if focus is not None:
-                beta = self.core_distance(x)  # (B, [T,] H)
+            if focus is None:
+                read = bank.read(q)
+            else:
+                beta = self.core_distance(x)  # (B, T, H)
                 d2 = bank.distance2(focus.unsqueeze(1) if step else focus)  # (B, T, M)
-                bias = -(beta.unsqueeze(1) if step else beta).unsqueeze(-1) * d2.unsqueeze(2)  # (B, T, H, M)
-            read = bank.read(q.unsqueeze(1) if step else q, bias=bias) if bias is not None else \
-                bank.read(q.unsqueeze(1) if step else q)
+                read = bank.read(q, bias=-beta.unsqueeze(-1) * d2.unsqueeze(2))  # bias (B, T, H, M)
             read = read.squeeze(1) if step else read
             return w * self.explicit.out_proj(read.to(self.explicit.out_proj.weight.dtype)).to(s.dtype)
 
