@@ -164,9 +164,13 @@ class PatchEncoder(nn.Module):
         b, c, g, s = images.shape[0], self.cell, self.grid, self.image_size
         x = images.permute(0, 3, 1, 2).to(entries.dtype) / 127.5 - 1.0  # (B, 3, S, S)
         pad = g * c - s
-        # (B, 3, G*c, G*c) -> (B, G, G, 3, c, c) -> (B, G*G, 3*c*c), cell-major like the entries.
-        cells = lambda t: (nn.functional.pad(t, (0, pad, 0, pad)).unfold(2, c, c).unfold(3, c, c)
-                           .permute(0, 2, 3, 1, 4, 5).reshape(t.shape[0], g * g, -1))
+
+        def cells(t: Tensor) -> Tensor:
+            """(N, 3, S, S) -> padded (N, 3, G*c, G*c) -> (N, G, G, 3, c, c) -> (N, G*G, 3*c*c), cell-major like
+            the entries."""
+            t = nn.functional.pad(t, (0, pad, 0, pad)).unfold(2, c, c).unfold(3, c, c)
+            return t.permute(0, 2, 3, 1, 4, 5).reshape(t.shape[0], g * g, -1)
+
         present = cells(torch.ones(1, 3, s, s, dtype=x.dtype, device=x.device))  # 0 where padding
         err = (self.recon(entries) - cells(x)) ** 2 * present
         return err.sum() / (present.sum() * b)
