@@ -70,23 +70,23 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
 def test_a_dying_rank_stops_the_run_instead_of_hanging(tmp_path):
     cfg = _short_config(tmp_path, steps=100000)
-    proc = _torchrun(2, "train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress")
-    deadline = time.time() + 120
+    run = tmp_path / "run"
+    proc = _torchrun(2, "train", "--config", str(cfg), "--out", str(run), "--no-progress")
+    # Wait for an event, not for a time: the first metrics row means both ranks are in the training loop, with
+    # collectives in flight. The deadline only bounds a hang, it is not a speed requirement.
+    deadline = time.monotonic() + 600
     workers: list[int] = []
-    while time.time() < deadline and len(workers) < 2:
-        workers = _children(proc.pid)
+    while time.monotonic() < deadline and proc.poll() is None and not (run / "metrics.jsonl").exists():
         time.sleep(0.2)
-    assert len(workers) == 2, "torchrun did not start two workers"
-    time.sleep(8)  # let them get into the training loop (collectives in flight)
+    workers = _children(proc.pid)
+    assert proc.poll() is None and len(workers) == 2, "torchrun did not get two workers into the training loop"
     os.kill(workers[1], signal.SIGKILL)
-    start = time.time()
     try:
-        proc.communicate(timeout=120)
+        proc.communicate(timeout=600)
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("the surviving rank hung after the other one died")
     assert proc.returncode != 0
-    assert time.time() - start < 120
 
 
 def _weights(run: Path) -> dict:

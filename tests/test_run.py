@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -69,21 +68,35 @@ def _weights(run: Path) -> dict:
     return load_file(str(run / "checkpoints" / "latest" / "model.safetensors"))
 
 
+# Runs `rmt train` in a child process that SIGKILLs itself in the middle of writing one checkpoint (its weights
+# written, its training state not yet): a kill at a known point, so the test does not race the run's speed.
+_KILL_MID_CHECKPOINT = """
+import os, signal, sys
+import rmt.training.run as run
+
+write_state = run.save_training_state
+
+def dying_write(state, directory):
+    if state["global_step"] == int(os.environ["KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    write_state(state, directory)
+
+run.save_training_state = dying_write
+from rmt.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_killed_run_resumes_to_identical_weights(config_file, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     _rmt("train", "--config", str(config_file), "--out", str(full), "--no-progress")
 
-    proc = subprocess.Popen([sys.executable, "-m", "rmt.cli", "train", "--config", str(config_file), "--out",
-                             str(killed), "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = killed / "checkpoints" / "step-0000010"
-    deadline = time.time() + 120
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    latest = os.readlink(killed / "checkpoints" / "latest")
-    assert latest < "step-0000048", f"killed too late ({latest})"
+    proc = subprocess.run([sys.executable, "-c", _KILL_MID_CHECKPOINT, "train", "--config", str(config_file),
+                           "--out", str(killed), "--no-progress"], env={**os.environ, "KILL_AT_STEP": "20"},
+                          capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    # the half-written step-20 checkpoint never became `latest`
+    assert os.readlink(killed / "checkpoints" / "latest") == "step-0000015"
 
     _rmt("train", "--resume", str(killed), "--no-progress")
     a, b = _weights(full), _weights(killed)

@@ -6,7 +6,6 @@ import csv
 import json
 import operator
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -41,12 +40,12 @@ def _small(name: str, **overrides) -> Task:
 
 
 @pytest.fixture(scope="module")
-def default_arithmetic() -> tuple[Task, float]:
-    """The default 200k-problem arithmetic task, built once, with its build CPU time."""
+def default_arithmetic() -> Task:
+    """The default 200k-problem arithmetic task, built once (its build speed is a figure of
+    `benchmarks/task_generation.py`, not a pass/fail threshold here)."""
     task = get_task("arithmetic")
-    start = time.process_time()
     task.split("train")
-    return task, time.process_time() - start
+    return task
 
 
 # --- The contract ---
@@ -173,7 +172,7 @@ def test_no_leakage_facts_both_holdouts(name, holdout):
 
 
 def test_no_leakage_default_arithmetic(default_arithmetic):
-    assert check_leakage(default_arithmetic[0]) == []
+    assert check_leakage(default_arithmetic) == []
 
 
 class _LeakyTask(Task):
@@ -286,8 +285,7 @@ def test_arithmetic_declarations():
 
 
 def test_arithmetic_default_splits(default_arithmetic):
-    task, cpu_seconds = default_arithmetic
-    assert cpu_seconds < 3.0, f"200k problems took {cpu_seconds:.2f} s of CPU"
+    task = default_arithmetic
     train, validation, test = (task.split(s) for s in SPLITS)
     assert (len(train), len(validation), len(test)) == (200_000, 500, 1_000)
     assert task.meta_stats(test) == {"steps": {"1": 250, "2": 250, "3": 250, "4": 250}}
