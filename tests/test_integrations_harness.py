@@ -105,3 +105,48 @@ def test_rmt_eval_command(checkpoint, tmp_path, capsys):
     assert "rmt_arithmetic" in capsys.readouterr().out
     assert (tmp_path / "ev" / "results.json").is_file()
     assert len((tmp_path / "ev" / "samples.jsonl").read_text().splitlines()) == 2
+
+
+HUB_NAMES_OFFLINE = r'''
+import contextlib, io, json, sys
+from rmt.cli import main
+
+out = {}
+for name in ("gsm8k", "triviaqa", "no_such_task"):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["eval", "--harness", name, "--limit", "1", "--checkpoint", sys.argv[1]])
+    out[name] = {"rc": rc, "stderr": err.getvalue()}
+print("\nREPORT " + json.dumps(out))
+'''
+
+
+def test_hub_task_names_offline_say_which_local_task_to_use(checkpoint, tmp_path):
+    """Issue 16: `rmt eval --harness gsm8k` offline is one line naming rmt_gsm8k, not a 40-line traceback. Run in
+    a fresh process with an empty Hugging Face cache, so the Hub datasets cannot come from anywhere."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", HUB_NAMES_OFFLINE, str(checkpoint)], cwd=tmp_path, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    report = json.loads(proc.stdout.split("\nREPORT ", 1)[1])
+    for name, local in (("gsm8k", "rmt_gsm8k"), ("triviaqa", "rmt_triviaqa"), ("no_such_task", "rmt_gsm8k")):
+        got = report[name]
+        lines = [line for line in got["stderr"].splitlines() if line.startswith("rmt eval: error:")]
+        assert got["rc"] != 0, name
+        assert len(lines) == 1 and "Traceback" not in got["stderr"], got["stderr"]
+        assert f"--harness {name}:" in lines[0] and local in lines[0], lines[0]
+    assert "Hugging Face Hub" in report["gsm8k"]["stderr"] and "rmt eval --harness rmt_gsm8k" in report["gsm8k"]["stderr"]
+    assert "not an lm-eval task" in report["no_such_task"]["stderr"]
+
+
+def test_local_task_for_maps_hub_names_and_variants():
+    from rmt.integrations.harness import local_task_for
+
+    assert local_task_for("gsm8k") == "rmt_gsm8k" and local_task_for("gsm8k_cot") == "rmt_gsm8k"
+    assert local_task_for("triviaqa") == "rmt_triviaqa"
+    assert local_task_for("rmt_gsm8k") is None and local_task_for("mmlu") is None

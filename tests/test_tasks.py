@@ -521,3 +521,55 @@ def test_data_show_errors(capsys, tmp_path):
     assert "no config field 'path'" in capsys.readouterr().err
     assert main(["data", "show", "gsm8k", "--path", str(tmp_path)]) == 2
     assert "train.jsonl: no such file" in capsys.readouterr().err
+
+
+# --- issue 16: `--path FILE` reads that file ---
+
+
+def test_data_show_gsm8k_reads_a_file_as_the_split_asked_for(capsys, tmp_path):
+    records = [json.dumps({"question": f"What is {i} + 1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"})
+               for i in range(10)]
+    path = _write(tmp_path / "mine.jsonl", records)
+    assert main(["data", "show", "gsm8k", "--path", str(path), "--split", "test", "--n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "split sizes: train 0, validation 0, test 10" in out and '"source": "mine.jsonl"' in out
+    assert main(["data", "show", "gsm8k", "--path", str(path), "--n", "1"]) == 0  # --split train (the default)
+    assert "split sizes: train 9, validation 1, test 0" in capsys.readouterr().out
+    # A malformed line 4 in the file: the same one-line error a folder's file gets, naming the file and line.
+    path = _write(tmp_path / "broken.jsonl", records[:3] + ['{"question": "no closing brace"'] + records[3:])
+    for split in ("train", "test"):
+        assert main(["data", "show", "gsm8k", "--path", str(path), "--split", split]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"rmt data show: error: {path}, line 4: bad JSON") and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    assert main(["data", "show", "gsm8k", "--path", str(tmp_path / "missing.jsonl")]) == 2
+    assert f"{tmp_path / 'missing.jsonl'}: no such file" in capsys.readouterr().err
+
+
+def test_gsm8k_file_split(tmp_path):
+    good = [json.dumps({"question": f"q{i}?", "answer": f"#### {i}"}) for i in range(20)]
+    path = _write(tmp_path / "any.jsonl", good)
+    with pytest.raises(ValueError, match="set file_split to 'test'"):  # a file's role is never guessed
+        get_task("gsm8k", path=path).split("test")
+    sizes = {s: [len(get_task("gsm8k", path=path, file_split=s).split(x)) for x in SPLITS] for s in SPLITS}
+    assert sizes == {"train": [18, 2, 0], "validation": [18, 2, 0], "test": [0, 0, 20]}
+    named = _write(tmp_path / "test.jsonl", good)  # a file named like one of the folder's is read as that one
+    assert len(get_task("gsm8k", path=named).split("test")) == 20
+    with pytest.raises(ValueError, match="file_split: expected one of"):
+        get_task("gsm8k", path=path, file_split="dev")
+
+
+def test_jsonl_reader_names_folders_and_bad_bytes(tmp_path):
+    from rmt.tasks.jsonl import read_jsonl
+
+    with pytest.raises(FileNotFoundError, match="is a folder; expected a JSON-lines file"):
+        read_jsonl(tmp_path, ("a",), '{"a": 1}')
+    (tmp_path / "x.jsonl").write_bytes(b'{"a": 1}\n\xff\xfe\n')
+    with pytest.raises(ValueError, match=r"x\.jsonl, line 2: not valid UTF-8"):
+        read_jsonl(tmp_path / "x.jsonl", ("a",), '{"a": 1}')
+
+
+def test_data_show_folder_task_given_a_file(capsys, tmp_path):
+    path = _write(tmp_path / "facts.csv", ["a,b"])
+    assert main(["data", "show", "facts-real", "--path", str(path)]) == 2
+    assert "facts-real reads a folder" in capsys.readouterr().err

@@ -8,9 +8,11 @@ activation checkpointing at layer boundaries; it is an estimate to plan with, no
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 
-from rmt.config import RMTConfig
+from rmt.config import ConfigError, RMTConfig
 
 PRESETS: dict[str, dict] = {
     "tiny": dict(d_model=128, n_prelude=2, n_core=1, n_coda=1, mem_n_keys=64, mem_heads=2, mem_topk=8),
@@ -28,8 +30,18 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(name: str, **overrides) -> RMTConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known presets: {list(PRESETS)}")
+    """Preset `name` with `overrides` (RMTConfig fields) applied.
+
+    Raises ConfigError (a ValueError) for an unknown preset or an unknown key, in the words `RMTConfig.from_dict`
+    uses without a preset ("unknown model key(s) [...]; known keys: [...]"), and for a bad value (the field's
+    own check). A config file's loader prefixes the file and table, e.g. "configs/demo.toml [model]: ...".
+    """
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {list(PRESETS)}")
+    known = {f.name for f in fields(RMTConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown model key(s) {unknown}; known keys: {sorted(known)}")
     return RMTConfig(**{**PRESETS[name], **overrides})
 
 

@@ -22,12 +22,19 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _fail(command: str, error: Exception) -> int:
+    """One line on stderr, exit status 2 (as argparse, `rmt data` and `rmt train` report bad input)."""
+    print(f"rmt {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
 def _export(args: argparse.Namespace) -> int:
     from rmt.integrations.hf import export_checkpoint
 
     out = export_checkpoint(args.run, args.out)
-    print(f"wrote a transformers model folder to {out} (load it with: import rmt.integrations.hf; "
-          f"AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    print(f"wrote a transformers model folder to {out} (load it with: "
+          f"AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True) and "
+          f"AutoTokenizer.from_pretrained({str(out)!r}, trust_remote_code=True))")
     return 0
 
 
@@ -38,7 +45,8 @@ def _eval(args: argparse.Namespace) -> int:
         return eval_task(args)
     if args.refine_rounds:
         raise SystemExit("--refine-rounds: only with --task (the harness path generates once per request)")
-    from rmt.integrations.harness import LOCAL_TASKS, evaluate
+    from rmt.checkpoint import CheckpointError
+    from rmt.integrations.harness import LOCAL_TASKS, HarnessTaskError, evaluate
 
     tasks = [t.strip() for t in args.harness.split(",") if t.strip()]
     if not tasks:
@@ -47,9 +55,13 @@ def _eval(args: argparse.Namespace) -> int:
         raise SystemExit(f"--limit: expected a positive number, got {args.limit}")
     _seed(args.seed)
     gen_kwargs = {"max_gen_toks": args.max_gen_toks} if args.max_gen_toks else None
-    results = evaluate(args.checkpoint, tasks, limit=args.limit, num_fewshot=args.num_fewshot,
-                       batch_size=args.batch_size, device=args.device, seed=args.seed, think_iters=args.think_iters,
-                       memory=not args.memory_off, log_samples=args.out is not None, gen_kwargs=gen_kwargs)
+    try:
+        results = evaluate(args.checkpoint, tasks, limit=args.limit, num_fewshot=args.num_fewshot,
+                           batch_size=args.batch_size, device=args.device, seed=args.seed,
+                           think_iters=args.think_iters, memory=not args.memory_off, log_samples=args.out is not None,
+                           gen_kwargs=gen_kwargs)
+    except (HarnessTaskError, CheckpointError, FileNotFoundError) as e:
+        return _fail("eval", e)
     for task, metrics in results["results"].items():
         shown = {k: v for k, v in metrics.items() if k not in ("name", "alias") and "stderr" not in k}
         print(f"{task}: {json.dumps(shown)}")

@@ -25,7 +25,9 @@ Requests are batched only with others of the same token length (an SSM state can
 The local tasks (`TASKS_DIR`, YAML next to this file) read the shared JSONL files and the project's synthetic
 tasks through `rmt.tasks`, never through the Hub, so they run with HF_DATASETS_OFFLINE=1:
 rmt_gsm8k, rmt_triviaqa (same prompts, filters and metrics as the harness's gsm8k / triviaqa tasks),
-rmt_facts_synthetic and rmt_arithmetic (this project's exact match: the first line, stripped).
+rmt_facts_synthetic and rmt_arithmetic (this project's exact match: the first line, stripped). lm-eval's own
+gsm8k and triviaqa download their data from the Hub; offline, `evaluate` refuses them in one line naming the
+local task instead (`HarnessTaskError`), and an unknown task name likewise.
 """
 
 from __future__ import annotations
@@ -51,6 +53,22 @@ from rmt.tokenizer import ByteTokenizer, Tokenizer  # noqa: E402
 
 TASKS_DIR = Path(__file__).with_name("harness_tasks")
 LOCAL_TASKS = ("rmt_gsm8k", "rmt_triviaqa", "rmt_facts_synthetic", "rmt_arithmetic")
+# lm-eval's own tasks (and their variants: gsm8k_cot, triviaqa_...) whose data is on the Hugging Face Hub
+# (openai/gsm8k, mandarjoshi/trivia_qa), and the local task that reads the same questions from the shared files.
+HUB_TASKS = {"gsm8k": "rmt_gsm8k", "triviaqa": "rmt_triviaqa"}
+
+
+class HarnessTaskError(ValueError):
+    """A harness task that cannot run: an unknown name, or a Hub task while the Hub is unreachable. The message
+    is one line and names the local task to use."""
+
+
+def local_task_for(name: str) -> str | None:
+    """The local task standing in for lm-eval's `name` (gsm8k, gsm8k_cot, triviaqa, ...), or None."""
+    for prefix, local in HUB_TASKS.items():
+        if name == prefix or name.startswith(prefix + "_"):
+            return local
+    return None
 
 
 def _as_bool(value: Any, name: str) -> bool:
@@ -209,20 +227,54 @@ def task_manager(extra_include: list[str] | None = None):
     return TaskManager(include_path=[str(TASKS_DIR), *(extra_include or [])])
 
 
+def check_task_names(manager: Any, tasks: list[str]) -> None:
+    """Raise HarnessTaskError for a name that is no lm-eval task, group, tag or YAML file, listing the local tasks."""
+    known = set(manager.all_tasks)
+    for name in tasks:
+        if name not in known and not Path(name).is_file():
+            local = local_task_for(name)
+            hint = f"did you mean {local}? " if local else ""
+            raise HarnessTaskError(f"--harness {name}: not an lm-eval task, group or tag; {hint}the local offline "
+                                   f"tasks are {', '.join(LOCAL_TASKS)}")
+
+
+def _hub_unreachable(tasks: list[str], error: Exception) -> HarnessTaskError:
+    """The one-line error for lm-eval tasks whose Hub data could not be fetched (`error`, a ConnectionError)."""
+    hub = [name for name in tasks if name not in LOCAL_TASKS] or tasks
+    stand_ins = dict.fromkeys(local for local in map(local_task_for, hub) if local)  # in order, no repeats
+    advice = "; ".join(f"offline, use the local task {local} (lm-eval's {local.removeprefix('rmt_')} prompt, "
+                       f"filters and metric on the shared local data): rmt eval --harness {local}"
+                       for local in stand_ins)
+    advice = advice or f"the offline local tasks are {', '.join(LOCAL_TASKS)}"
+    detail = " ".join(str(error).split())
+    return HarnessTaskError(f"--harness {','.join(hub)}: lm-eval's own task reads its data from the Hugging Face "
+                            f"Hub, which cannot be reached ({detail}); {advice}")
+
+
 def evaluate(checkpoint: str | Path, tasks: list[str], *, limit: int | float | None = None,
              num_fewshot: int | None = None, batch_size: int = 16, device: str = "cpu", seed: int = 0,
              think_iters: int | None = None, memory: bool = True, log_samples: bool = True,
              include_path: list[str] | None = None, gen_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run lm-eval's `simple_evaluate` on an rmt checkpoint, fully offline -> lm-eval's results dict
     (results[task] = {"exact_match,strict-match": ..., ...}, and samples[task] when log_samples).
-    gen_kwargs (e.g. {"max_gen_toks": 32}) override every generation task's own."""
+    gen_kwargs (e.g. {"max_gen_toks": 32}) override every generation task's own.
+
+    Raises HarnessTaskError for an unknown task name, and for a Hub task (lm-eval's gsm8k, triviaqa, ...) when
+    its data cannot be fetched: offline that is always, unless the dataset is in the local datasets cache
+    (HF_DATASETS_OFFLINE is set to 1 here unless already set)."""
     # Offline by construction: the local tasks never touch the Hub, and these stop anything else from trying.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lm_eval import simple_evaluate
 
+    tasks = list(tasks)
+    manager = task_manager(include_path)
+    check_task_names(manager, tasks)
     lm = RMTHarnessLM(str(checkpoint), batch_size=batch_size, device=device, think_iters=think_iters, memory=memory)
-    return simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
-                           task_manager=task_manager(include_path), log_samples=log_samples,
-                           random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                           fewshot_random_seed=seed, bootstrap_iters=0, gen_kwargs=gen_kwargs)
+    try:
+        return simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
+                               task_manager=manager, log_samples=log_samples,
+                               random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                               fewshot_random_seed=seed, bootstrap_iters=0, gen_kwargs=gen_kwargs)
+    except ConnectionError as e:  # datasets' "Couldn't reach 'openai/gsm8k' on the Hub (OfflineModeIsEnabled)"
+        raise _hub_unreachable(tasks, e) from None

@@ -1,8 +1,17 @@
-"""Hugging Face transformers adapter: `RMTHFConfig` + `RMTForCausalLM`, registered with the Auto classes.
+"""Hugging Face transformers adapter: `RMTHFConfig` + `RMTForCausalLM`, loadable by the Auto classes.
 
-    import rmt.integrations.hf                      # registers model_type "rmt" with AutoConfig/AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained("runs/demo/hf")
-    out = model.generate(ids, max_new_tokens=20, do_sample=False)
+    rmt export --hf runs/demo runs/demo/hf                                  # then, in any Python with rmt installed:
+    model = AutoModelForCausalLM.from_pretrained("runs/demo/hf", trust_remote_code=True)
+    tok = AutoTokenizer.from_pretrained("runs/demo/hf")
+    out = model.generate(tok("Q: 2 + 3 = ?  A:", return_tensors="pt").input_ids, max_new_tokens=20, do_sample=False)
+
+A folder written by `save_pretrained` (and so by `rmt export --hf`) carries what transformers needs to find the
+classes without `import rmt.integrations.hf`: `config.json` has an `auto_map` (AutoConfig,
+AutoModelForCausalLM) naming two shim files next to it, `configuration_rmt.py` and `modeling_rmt.py`, each a
+one-line import from this module. `trust_remote_code=True` runs exactly that import, so the folder loads wherever
+`rmt` is installed and always with the installed code (no stale copy of the model is frozen into the folder).
+Importing this module also registers model_type "rmt" with AutoConfig/AutoModelForCausalLM, so after the import
+`from_pretrained` works without `trust_remote_code`.
 
 `RMTForCausalLM` wraps the native `rmt.model.RMT` (as `.rmt`) without changing it, so its logits are the native
 model's logits, bit for bit. Weights are stored as `rmt.<native name>` in `model.safetensors`.
@@ -23,24 +32,34 @@ Limits: no padding (an SSM state cannot skip pad tokens, so an `attention_mask` 
 equal-length prompts or generate one at a time), no beam search (the cache is not reorderable), no
 `inputs_embeds`. Sampling, top-k/p, stopping criteria and streamers work, as they only touch the logits.
 
-The RMT tokenizer (byte-level or BPE) is not a transformers tokenizer; `export_checkpoint` keeps it in
-`DIR/rmt_tokenizer/` (so that transformers' own `tokenizer_config.json` lookups never misread it), and
-`load_rmt_tokenizer(DIR)` reads it back.
+Tokenizers. `export_checkpoint` writes the RMT tokenizer twice: as a transformers tokenizer
+(`tokenizer.json` + `tokenizer_config.json`, class `PreTrainedTokenizerFast`, which `AutoTokenizer` loads) and
+in rmt's own format in `DIR/rmt_tokenizer/` (`load_rmt_tokenizer(DIR)` reads it back). Both give the ids rmt
+gives: for BPE the `tokenizers` file is rmt's own; the byte tokenizer becomes a byte-level BPE without merges
+whose id for each byte is the byte itself, plus "<pad>" = 256, which is never matched in text (rmt encodes the
+text "<pad>" as its five bytes). Neither adds BOS/EOS tokens: "\n" (`generation_config.eos_token_id`) ends a
+sample, as in rmt. With transformers 5, `AutoTokenizer.from_pretrained(DIR)` first reads `config.json` and,
+seeing custom code there, asks whether to run it (in a script without a terminal it declines at once); the
+tokenizer loads either way, and `trust_remote_code=True` skips the question.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rmt.integrations import find_checkpoint, require
+
+if TYPE_CHECKING:
+    import tokenizers
 
 transformers = require("transformers", "hf", "The Hugging Face adapter (rmt.integrations.hf)")
 
@@ -50,10 +69,31 @@ from transformers.utils import ModelOutput  # noqa: E402
 from rmt.checkpoint import load_model  # noqa: E402
 from rmt.config import RMTConfig  # noqa: E402
 from rmt.model import RMT, Cache  # noqa: E402
-from rmt.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
+from rmt.tokenizer import BPE_FILE, PAD_TOKEN, BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer  # noqa: E402
 
 MODEL_TYPE = "rmt"
 TOKENIZER_SUBDIR = "rmt_tokenizer"
+# What `trust_remote_code=True` imports: file.Class, the files written next to config.json by `write_shims`.
+AUTO_MAP = {"AutoConfig": "configuration_rmt.RMTHFConfig", "AutoModelForCausalLM": "modeling_rmt.RMTForCausalLM"}
+_SHIM = '''"""RMT's transformers {what} class, imported from the installed `rmt` package (pip install 'rmt[hf]').
+
+Written by rmt next to config.json, whose auto_map names this file, so that
+{loader}.from_pretrained(folder, trust_remote_code=True) finds the class without an explicit rmt import,
+always as the installed rmt defines it.
+"""
+
+from rmt.integrations.hf import {names}
+
+__all__ = {all}
+'''
+# transformers checks the top-level imports of these files for installed packages (here: `rmt`), so a Python
+# without rmt gets "requires the following packages ...: rmt", not an obscure failure.
+SHIMS = {
+    "configuration_rmt.py": _SHIM.format(what="config", loader="AutoConfig", names="RMTHFConfig",
+                                         all='["RMTHFConfig"]'),
+    "modeling_rmt.py": _SHIM.format(what="model", loader="AutoModelForCausalLM", names="RMTForCausalLM, RMTHFConfig",
+                                    all='["RMTForCausalLM", "RMTHFConfig"]'),
+}
 _RMT_FIELDS = [f.name for f in dataclasses.fields(RMTConfig)]
 
 
@@ -62,7 +102,8 @@ class RMTHFConfig(PretrainedConfig):
 
     Unknown fields are left to `PretrainedConfig` (which keeps generation defaults such as eos_token_id);
     the RMT fields are checked by `RMTConfig.validate` when the config is built, so a bad value fails here,
-    naming the field, not deep inside the model.
+    naming the field, not deep inside the model. `auto_map` defaults to `AUTO_MAP`, and `save_pretrained`
+    writes the shim files it names, so every saved folder loads with `trust_remote_code=True`.
     """
 
     model_type = MODEL_TYPE
@@ -76,7 +117,19 @@ class RMTHFConfig(PretrainedConfig):
         kwargs.setdefault("pad_token_id", rmt_fields["pad_id"])
         # The LM head reuses the embedding matrix inside RMT itself; there is no separate output matrix to tie.
         kwargs.setdefault("tie_word_embeddings", False)
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(**kwargs)
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
+        """config.json, plus the shim files its auto_map names (`write_shims`)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_shims(save_directory)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoConfig") -> None:
+        """A no-op. transformers calls it after loading a class through `trust_remote_code`, and a class so
+        marked copies its whole defining module (this file) into every folder it is saved to, rewriting auto_map
+        to point at the copy. RMT's folders carry the shims instead, which import the installed package."""
 
     def to_rmt_config(self) -> RMTConfig:
         return RMTConfig(**{name: getattr(self, name) for name in _RMT_FIELDS})
@@ -109,6 +162,10 @@ class RMTForCausalLM(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.rmt = RMT(config.to_rmt_config())
         self.post_init()
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoModel") -> None:
+        """A no-op, for the reason given at `RMTHFConfig.register_for_auto_class`."""
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:  # transformers must not build a KV cache for us
@@ -232,22 +289,86 @@ def from_native(model: RMT, tokenizer: Tokenizer | None = None) -> RMTForCausalL
     return hf.eval()
 
 
+def write_shims(directory: str | Path) -> None:
+    """Write `configuration_rmt.py` and `modeling_rmt.py` (see `SHIMS`) into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in SHIMS.items():
+        (directory / name).write_text(text, encoding="utf-8")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, the alphabet of the `tokenizers` ByteLevel pre-tokenizer."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def byte_backend_tokenizer() -> tokenizers.Tokenizer:
+    """rmt's `ByteTokenizer` as a `tokenizers.Tokenizer`: a byte-level BPE without merges whose id for byte b is
+    b, plus "<pad>" = 256 as a special token that text never matches (`encode_special_tokens`), so the text
+    "<pad>" is five bytes, as in rmt; invalid UTF-8 decodes to U+FFFD, as in rmt. (tokenizer.json does not keep
+    that flag; transformers sets it from tokenizer_config.json's `split_special_tokens`.)"""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {char: b for b, char in _bytes_to_unicode().items()}
+    vocab[PAD_TOKEN] = ByteTokenizer.pad_id
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(PAD_TOKEN, special=True, normalized=False)])
+    tokenizer.encode_special_tokens = True
+    return tokenizer
+
+
+def write_hf_tokenizer(tok: Tokenizer, directory: str | Path) -> None:
+    """`tok` as a transformers tokenizer in `directory` (tokenizer.json + tokenizer_config.json) that
+    `AutoTokenizer.from_pretrained` loads as a `PreTrainedTokenizerFast` giving the ids `tok` gives."""
+    from tokenizers import Tokenizer as BackendTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(tok, ByteTokenizer):
+        backend, split_special = byte_backend_tokenizer(), True
+    elif isinstance(tok, BPETokenizer):
+        # rmt's BPE is a `tokenizers` file already (and, like rmt, it matches "<pad>" in text).
+        with tempfile.TemporaryDirectory() as tmp:
+            tok.save(tmp)
+            backend, split_special = BackendTokenizer.from_file(str(Path(tmp) / BPE_FILE)), False
+    else:
+        raise ValueError(f"export: no transformers form for the tokenizer {tok!r} (expected byte or BPE)")
+    backend.save(str(directory / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "pad_token": PAD_TOKEN,
+        "split_special_tokens": split_special,
+        "clean_up_tokenization_spaces": False,  # would join " ." into "." and break the round trip
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
 def export_checkpoint(run: str | Path, out: str | Path) -> Path:
     """Convert an rmt checkpoint (a run folder or the checkpoint folder itself) into a transformers folder:
-    config.json (model_type "rmt"), model.safetensors, generation_config.json, and rmt_tokenizer/."""
+    config.json (model_type "rmt", auto_map), configuration_rmt.py + modeling_rmt.py (the shims auto_map
+    names), model.safetensors, generation_config.json, the transformers tokenizer (tokenizer.json +
+    tokenizer_config.json) and rmt's own tokenizer in rmt_tokenizer/. A checkpoint saved without a tokenizer
+    uses the byte tokenizer, as every rmt command does."""
     ckpt = find_checkpoint(run)
     out = Path(out)
     if out.resolve() == ckpt.resolve():
         raise ValueError(f"{out}: the export folder must differ from the checkpoint folder (both have config.json)")
     model, tok = load_model(ckpt)
+    tok = tok or ByteTokenizer()
     hf = from_native(model, tok)
     hf.save_pretrained(out, safe_serialization=True)
-    if (ckpt / "tokenizer_config.json").is_file():
-        dest = out / TOKENIZER_SUBDIR
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in ckpt.iterdir():
-            if f.name.startswith("tokenizer"):
-                shutil.copy2(f, dest / f.name)
+    write_hf_tokenizer(tok, out)
+    tok.save(out / TOKENIZER_SUBDIR)
     return out
 
 

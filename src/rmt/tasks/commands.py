@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from rmt.tasks.base import SPLITS, Example, Task
@@ -34,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("task", help=f"one of: {', '.join(TASKS)}")
     show.add_argument("--n", type=int, default=5, help="number of samples to print (default 5)")
     show.add_argument("--split", choices=SPLITS, default="train")
-    show.add_argument("--path", help="the file or folder the task reads (its config's `path`)")
+    show.add_argument("--path", help="the file or folder the task reads (its config's `path`); a file given to "
+                                     "gsm8k, which reads a folder of train.jsonl + test.jsonl, is read as --split")
     show.add_argument("--seed", type=int, help="the task config's seed")
     show.set_defaults(func=show_data)
 
@@ -53,11 +56,29 @@ def _fail(command: str, error: Exception) -> int:
 # --- rmt data show ---
 
 
+def _path_overrides(task: str, path: str, split: str) -> dict[str, Any]:
+    """Config overrides for `--path PATH`: the path, and for a file given to a task that reads a folder of
+    per-split files (gsm8k's `file_split`), which split the file is read as: the one asked for."""
+    overrides: dict[str, Any] = {"path": path}
+    if task not in TASKS or Path(path).is_dir():
+        return overrides
+    config_fields = {f.name for f in dataclasses.fields(TASKS[task].Config)}
+    if "file_split" in config_fields:
+        overrides["file_split"] = split
+    elif "path" in config_fields and Path(path).is_file():
+        default = TASKS[task].Config().path
+        if not Path(default).suffix:  # the task reads a folder of several files
+            raise ValueError(f"--path {path}: {task} reads a folder (like its default, {default}), not a file")
+    return overrides
+
+
 def show_data(args: argparse.Namespace) -> int:
-    overrides = {name: value for name, value in (("path", args.path), ("seed", args.seed)) if value is not None}
     try:
         if args.n < 0:
             raise ValueError(f"--n: expected >= 0, got {args.n}")
+        overrides = _path_overrides(args.task, args.path, args.split) if args.path is not None else {}
+        if args.seed is not None:
+            overrides["seed"] = args.seed
         task = get_task(args.task, **overrides)
         splits = {name: task.split(name) for name in SPLITS}
     except (ValueError, FileNotFoundError) as error:

@@ -21,17 +21,25 @@ def read_jsonl(
     Blank lines are skipped (line numbers in errors still count them).
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: a line is not valid JSON, not an object, lacks a required field or fails `check`.
+        FileNotFoundError: the file does not exist (or is a folder).
+        ValueError: a line is not valid UTF-8 or JSON, not an object, lacks a required field or fails `check`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path}: is a folder; expected a JSON-lines file, one object per line like "
+                                f"{expected_format}")
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no such file; expected JSON lines, one object per line like {expected_format}"
         )
     records = []
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for line_number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}, line {line_number}: not valid UTF-8 ({error.reason} at byte "
+                                 f"{error.start} of the line); expected an object like {expected_format}") from None
             if not line.strip():
                 continue
             where = f"{path}, line {line_number}"
