@@ -31,6 +31,7 @@ from rmt.baselines.gpt import GPT, GPTConfig
 from rmt.memory import ExplicitMemoryBank, ProductKeyMemory
 from rmt.model import RMT, loss_fn
 from rmt.presets import count_params, preset
+from rmt.rundir import claim_folder
 
 
 def timed(fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
@@ -182,8 +183,19 @@ def peak_rss_mb(length: int) -> float:
     return int(out.stdout.strip().splitlines()[-1]) / 1024  # kB -> MB
 
 
+# What `rmt bench` writes in its folder (see `rmt.rundir`).
+BENCH_OUTPUTS = ("bench.json", "bench.png")
+
+
 def run_bench(quick: bool = False, out: str | Path = "runs/bench", seed: int = 0,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
+    """Measure and write OUT/bench.json and OUT/bench.png. OUT is locked meanwhile; one holding an earlier
+    benchmark is refused up front (before minutes of measuring) unless `overwrite` (moved to OUT.old-N)."""
+    with claim_folder(out, markers=BENCH_OUTPUTS, overwrite=overwrite):
+        return _run_bench(quick, Path(out), seed, log)
+
+
+def _run_bench(quick: bool, out: Path, seed: int, log: Callable[[str], None]) -> dict:
     torch.manual_seed(seed)
     reps = 2 if quick else 5
     lengths = [512, 2048] if quick else [512, 2048, 8192, 16384]
@@ -232,8 +244,6 @@ def run_bench(quick: bool = False, out: str | Path = "runs/bench", seed: int = 0
 
     res["faiss"] = bench_faiss(quick, seed)
     log(f"FAISS bank: {json.dumps(res['faiss'])}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(res, indent=2) + "\n")
     _plot(res, out / "bench.png")
     return res
@@ -266,4 +276,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="fewer lengths and repetitions")
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--seed", type=int, default=0, help="seeds the random inputs and weights")
-    p.set_defaults(func=lambda a: (run_bench(a.quick, a.out, a.seed), 0)[-1])
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that holds an earlier benchmark: it is moved to OUT.old-N first")
+    p.set_defaults(func=lambda a: (run_bench(a.quick, a.out, a.seed, overwrite=a.overwrite), 0)[-1])

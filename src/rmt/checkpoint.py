@@ -19,12 +19,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from rmt.config import ConfigError, RMTConfig
+from rmt.errors import RMTError
 from rmt.model import RMT
 from rmt.tokenizer import Tokenizer, load_tokenizer
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(RMTError, RuntimeError):
+    """A checkpoint that is missing, truncated, corrupt or written for another model."""
 
 
 def atomic_write(path: Path, write) -> None:

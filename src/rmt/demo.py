@@ -20,9 +20,11 @@ import torch
 
 from rmt.checkpoint import save_model
 from rmt.config import RMTConfig
+from rmt.errors import UsageError
 from rmt.evaluate import QAResult, evaluate_qa
 from rmt.model import RMT
 from rmt.plots import plot_training
+from rmt.rundir import claim_folder, writing
 from rmt.tasks import get_task
 from rmt.tokenizer import ByteTokenizer
 from rmt.training import Stage, Trainer
@@ -70,13 +72,23 @@ def _fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
+# What `rmt demo` writes in its folder: a folder holding any of these holds an earlier demo (see `rmt.rundir`).
+DEMO_OUTPUTS = ("metrics.jsonl", "checkpoint", "report.json", "predictions.jsonl", "training.png")
+
+
 def run_demo(seed: int = 0, out: str | Path = "runs/demo", quick: bool = False, steps_mult: float = 1.0,
-             progress: bool = True, plan: DemoPlan | None = None, device: str = "cpu") -> dict:
+             progress: bool = True, plan: DemoPlan | None = None, device: str = "cpu", overwrite: bool = False) -> dict:
+    """Train, evaluate and report into `out`, which is locked meanwhile; a folder holding an earlier demo is
+    refused unless `overwrite` (the earlier one is moved to OUT.old-N)."""
+    with claim_folder(out, markers=DEMO_OUTPUTS, overwrite=overwrite):
+        return _run_demo(seed, Path(out), quick, steps_mult, progress, plan, device)
+
+
+def _run_demo(seed: int, out: Path, quick: bool, steps_mult: float, progress: bool, plan: DemoPlan | None,
+              device: str) -> dict:
     t0 = time.perf_counter()
     random.seed(seed)
     torch.manual_seed(seed)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     plan = plan or demo_plan(quick, steps_mult)
     tok = ByteTokenizer()
     facts = get_task("facts-synthetic", seed=seed, **plan.facts)
@@ -95,7 +107,8 @@ def run_demo(seed: int = 0, out: str | Path = "runs/demo", quick: bool = False, 
     for i, stage in enumerate(plan.stages):
         trainer.run_stage(stage, i)
     train_seconds = time.perf_counter() - t0
-    save_model(model, out / "checkpoint", tok)
+    with writing(out, "the checkpoint"):
+        save_model(model, out / "checkpoint", tok)
 
     k_test = seeded_subset(facts.split("test"), plan.n_knowledge_eval, seed)
     m_test = seeded_subset(arith.split("test"), plan.n_math_eval, seed)
@@ -170,14 +183,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps-mult", type=float, default=1.0, help="train this many times longer than the default")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--device", default="cpu", help="cpu (the default, what the budget is set for) or cuda")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that holds an earlier demo: it is moved to OUT.old-N first, not deleted")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     if args.steps_mult <= 0:
-        raise SystemExit(f"rmt demo: error: --steps-mult: expected > 0, got {args.steps_mult}")
+        raise UsageError(f"--steps-mult: expected > 0, got {args.steps_mult}")
     report = run_demo(seed=args.seed, out=args.out, quick=args.quick, steps_mult=args.steps_mult,
-                      progress=not args.no_progress, device=args.device)
+                      progress=not args.no_progress, device=args.device, overwrite=args.overwrite)
     print(format_table(report))
     print(f"report: {Path(args.out) / 'report.json'}")
     return 0

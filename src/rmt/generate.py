@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from rmt.checkpoint import CheckpointError, load_model
+from tqdm import tqdm
+
+from rmt.checkpoint import load_model
+from rmt.errors import UsageError
 from rmt.integrations import find_checkpoint
+from rmt.model import PREFILL_CHUNK
 from rmt.refine import evaluate_refined, refine_answer
 from rmt.router import BRANCHES
 from rmt.tasks import TASKS, get_task
@@ -31,7 +36,8 @@ from rmt.tokenizer import ByteTokenizer
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="answer prompts with a checkpoint (thinking iterations, refinement rounds)")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder (model.safetensors + config.json)")
-    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable); default: lines of stdin")
+    p.add_argument("--prompt", action="append", default=[],
+                   help="a prompt (repeatable), read as the bytes given; default: the non-blank lines of stdin")
     p.add_argument("--think-iters", type=int, default=None, help="thinking iterations K (default: the config's)")
     p.add_argument("--refine-rounds", type=int, default=0, help="refinement rounds R (default 0)")
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -39,51 +45,109 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--router", default="learned", choices=("learned",) + BRANCHES, help="force a branch")
     p.add_argument("--seed", type=int, default=0, help="generation is greedy; the seed only fixes torch's RNG")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt with every round's answer")
+    p.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK,
+                   help=f"read a long prompt this many tokens at a time (default {PREFILL_CHUNK}): memory holds one "
+                        "chunk's activations, whatever the prompt's length")
     p.set_defaults(func=_main)
 
 
+def _prompts(args: argparse.Namespace) -> list[tuple[str, bytes]]:
+    """-> [(where, the prompt's bytes)]: --prompt arguments exactly as given (the bytes the shell passed, even
+    if they are not UTF-8), else stdin's non-blank lines without their line ending."""
+    if args.prompt:
+        return [(f"--prompt {i + 1}" if len(args.prompt) > 1 else "--prompt", os.fsencode(p))
+                for i, p in enumerate(args.prompt)]
+    stdin = getattr(sys.stdin, "buffer", None)  # a replaced sys.stdin (tests) may be text only
+    lines = [line.rstrip(b"\r\n") for line in stdin] if stdin is not None else [
+        line.rstrip("\r\n").encode("utf-8", errors="surrogateescape") for line in sys.stdin]
+    prompts = [(f"stdin line {i + 1}", line) for i, line in enumerate(lines) if line.strip()]
+    if not prompts:
+        raise UsageError("no prompt: expected --prompt TEXT or non-blank lines on stdin, found none")
+    return prompts
+
+
+def _prompt_text(where: str, data: bytes, tok) -> str:
+    """The prompt as the str the tokenizer encodes. Bytes that are not UTF-8 ride along as surrogate escapes,
+    which the byte tokenizer turns back into those bytes (any byte is a token); other tokenizers read text."""
+    if not data:
+        raise UsageError(f"{where}: expected at least one byte, got an empty prompt")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if isinstance(tok, ByteTokenizer):
+            return data.decode("utf-8", errors="surrogateescape")
+        raise UsageError(f"{where}: byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8, and this "
+                         f"checkpoint's tokenizer ({type(tok).__name__}) reads UTF-8 text") from None
+
+
 def _main(args: argparse.Namespace) -> int:
-    for name in ("think_iters", "refine_rounds", "max_new_tokens"):
+    for name, low in (("think_iters", 0), ("refine_rounds", 0), ("max_new_tokens", 1), ("prefill_chunk", 1)):
         value = getattr(args, name)
-        if value is not None and value < (1 if name == "max_new_tokens" else 0):
-            raise SystemExit(f"rmt generate: error: --{name.replace('_', '-')}: expected >= 0, got {value}")
+        if value is not None and value < low:
+            raise UsageError(f"--{name.replace('_', '-')}: expected >= {low}, got {value}")
     torch.manual_seed(args.seed)
-    model, tok = _load(args.checkpoint, "generate")
-    prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    for prompt in prompts:
-        answers = refine_answer(model, tok, prompt, args.refine_rounds, max_new_tokens=args.max_new_tokens,
-                                think_iters=args.think_iters, memory=not args.memory_off, router=args.router)
+    model, tok = _load(args.checkpoint)
+    prompts = [(where, _prompt_text(where, data, tok)) for where, data in _prompts(args)]
+    for where, prompt in prompts:
+        with _PrefillProgress(f"reading {where}", args.prefill_chunk) as bar:
+            answers = refine_answer(model, tok, prompt, args.refine_rounds, max_new_tokens=args.max_new_tokens,
+                                    think_iters=args.think_iters, memory=not args.memory_off, router=args.router,
+                                    prefill_chunk=args.prefill_chunk, on_prefill=bar.update)
         if args.json:
-            print(json.dumps({"prompt": prompt, "answer": answers[-1], "rounds": answers}))
-        else:
-            print(prompt + answers[-1])
+            print(json.dumps({"prompt": prompt, "answer": answers[-1], "rounds": answers}), flush=True)
+        else:  # the prompt's own bytes back, then the answer
+            sys.stdout.flush()
+            sys.stdout.buffer.write((prompt + answers[-1]).encode("utf-8", errors="surrogateescape") + b"\n")
+            sys.stdout.buffer.flush()
     return 0
 
 
-def _load(run: str, command: str):
-    try:
-        model, tok = load_model(find_checkpoint(run))
-    except (CheckpointError, FileNotFoundError) as e:
-        raise SystemExit(f"rmt {command}: error: {e}") from None
+class _PrefillProgress:
+    """A progress bar on stderr for prompts longer than one prefill chunk (shorter ones show nothing)."""
+
+    def __init__(self, desc: str, chunk: int):
+        self.desc, self.chunk, self.bar = desc, chunk, None
+
+    def update(self, done: int, total: int) -> None:
+        if total <= self.chunk:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit="token", unit_scale=True, file=sys.stderr)
+        self.bar.n = done
+        self.bar.refresh()
+        if done >= total:  # a refinement round reads a longer prompt again: a new bar
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> "_PrefillProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _load(run: str):
+    model, tok = load_model(find_checkpoint(run))  # CheckpointError / FileNotFoundError: reported by rmt.cli
     return model, tok or ByteTokenizer()
 
 
 def eval_task(args: argparse.Namespace) -> int:
     """`rmt eval --task NAME`: greedy answers on a task split, exact match, optionally refined; JSON out."""
     if args.think_iters is not None and args.think_iters < 0:
-        raise SystemExit(f"rmt eval: error: --think-iters: expected >= 0, got {args.think_iters}")
+        raise UsageError(f"--think-iters: expected >= 0, got {args.think_iters}")
     if args.refine_rounds < 0:
-        raise SystemExit(f"rmt eval: error: --refine-rounds: expected >= 0, got {args.refine_rounds}")
+        raise UsageError(f"--refine-rounds: expected >= 0, got {args.refine_rounds}")
     torch.manual_seed(args.seed)
-    model, tok = _load(args.checkpoint, "eval")
+    model, tok = _load(args.checkpoint)
     try:
         seeded = args.task in TASKS and "seed" in {f.name for f in fields(TASKS[args.task].Config)}
         examples = get_task(args.task, **({"seed": args.seed} if seeded else {})).split(args.split)
     except (ValueError, KeyError) as e:
-        raise SystemExit(f"rmt eval: error: --task {args.task} --split {args.split}: {e}") from None
+        raise UsageError(f"--task {args.task} --split {args.split}: {e}") from None
     examples = [ex for ex in examples if ex.kind == "qa"]
     if not examples:
-        raise SystemExit(f"rmt eval: error: task {args.task!r} split {args.split!r} has no question-answer examples")
+        raise UsageError(f"--task {args.task} --split {args.split}: expected question-answer examples, found none")
     if args.limit is not None:
         examples = examples[:max(1, int(args.limit if args.limit >= 1 else args.limit * len(examples)))]
     res = evaluate_refined(model, examples, tok, args.refine_rounds, max_new_tokens=args.max_gen_toks or 32,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ from rmt.vision import PatchEncoder
 
 Bank = ExplicitMemoryBank | SoftmaxMemoryBank
 QUERY_EMA_GROUPS = 8  # channel groups of memory_query_ema, one time constant each
+PREFILL_CHUNK = 4096  # prompt tokens `generate` reads per parallel pass (a multiple of every ssm_chunk in use)
 
 
 @dataclass
@@ -325,15 +327,27 @@ class RMT(nn.Module):
 
     @torch.no_grad()
     def prefill(self, idx: Tensor, *, think_iters: int | None = None, memory: bool = True, router: str = "learned",
-                explicit_bank: Bank | None = None, exit_rule: ExitRule | None = None
+                explicit_bank: Bank | None = None, exit_rule: ExitRule | None = None, cache: Cache | None = None
                 ) -> tuple[Tensor, Tensor, Cache]:
-        """Read a prompt (B, T) in parallel (chunked scans) -> last logits (B, V), think iters (B, T), cache."""
+        """Read a prompt (B, T) in parallel (chunked scans) -> last logits (B, V), think iters (B, T), cache.
+
+        cache: continue after the tokens it has read (a long prompt read chunk by chunk, see `generate`); its
+        explicit bank is used and think_iters must be the K it was made with. Not modified: a new one returns.
+        """
         K = self._iters(think_iters)
-        cache = self.new_cache(idx.shape[0], K, idx.device, explicit_bank)
+        if cache is None:
+            cache = self.new_cache(idx.shape[0], K, idx.device, explicit_bank)
+        else:
+            if len(cache.core) != K:
+                raise ValueError(f"prefill: the cache was made for think_iters={len(cache.core)}, got {K}")
+            explicit_bank = cache.explicit_bank
+            cache = Cache(list(cache.prelude), [list(it) for it in cache.core], list(cache.coda), cache.length,
+                          explicit_bank, cache.query_tail, cache.query_ema)
         h = self.embed(idx)
-        qtok, cache.query_tail, cache.query_ema = self._query_tokens(idx, h)
+        qtok, cache.query_tail, cache.query_ema = self._query_tokens(idx, h, cache.query_tail, cache.query_ema)
+        start = cache.length > 0  # states to continue from (a fresh cache's are empty: same result, less work)
         for i, layer in enumerate(self.prelude):
-            h, cache.prelude[i] = layer(h, return_state=True)
+            h, cache.prelude[i] = layer(h, state=cache.prelude[i] if start else None, return_state=True)
         routing = self.router(h, mode=router, hard=True)
         e, _, focus = self._memory_branch(h, routing, memory, explicit_bank, qtok)
         used = torch.zeros(idx.shape, device=idx.device)
@@ -341,20 +355,39 @@ class RMT(nn.Module):
         if K > 0 and bool(routing.think_mask.any()):  # otherwise the core's empty states are already exact
             s, used, cache.core = self.core(e, routing.w_think, K, exit_rule=exit_rule, keep_states=True,
                                             readout=lambda st: self._head(e + st),
-                                            reread=self._core_reread(e, routing, memory, explicit_bank, focus))
+                                            reread=self._core_reread(e, routing, memory, explicit_bank, focus),
+                                            states=cache.core if start else None)
             x = e + s
         for i, layer in enumerate(self.coda):
-            x, cache.coda[i] = layer(x, return_state=True)
-        cache.length = idx.shape[1]
+            x, cache.coda[i] = layer(x, state=cache.coda[i] if start else None, return_state=True)
+        cache.length += idx.shape[1]
         return self._head(x[:, -1]), used, cache
 
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, *, eos_id: int | None = None, think_iters: int | None = None,
                  memory: bool = True, router: str = "learned", explicit_bank: Bank | None = None,
-                 exit_rule: ExitRule | None = None) -> GenerationResult:
-        """Greedy continuation of equal-length prompts idx (B, T); stops a row at eos_id."""
+                 exit_rule: ExitRule | None = None, prefill_chunk: int | None = PREFILL_CHUNK,
+                 on_prefill: Callable[[int, int], None] | None = None) -> GenerationResult:
+        """Greedy continuation of equal-length prompts idx (B, T); stops a row at eos_id.
+
+        A prompt longer than prefill_chunk tokens (None: no limit) is read in chunks of that many, each
+        continuing the previous one's cache, so memory holds one chunk's activations whatever the prompt's
+        length; on_prefill(tokens read, T) is called after each chunk.
+        """
+        if idx.shape[1] == 0:
+            raise ValueError("generate: expected a prompt of at least one token, got none")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk: expected >= 1 or None, got {prefill_chunk}")
         kw = dict(memory=memory, router=router, exit_rule=exit_rule)
-        logits, prompt_iters, cache = self.prefill(idx, think_iters=think_iters, explicit_bank=explicit_bank, **kw)
+        step = idx.shape[1] if prefill_chunk is None else prefill_chunk
+        cache, iters_read = None, []
+        for i in range(0, idx.shape[1], step):
+            logits, chunk_iters, cache = self.prefill(idx[:, i:i + step], think_iters=think_iters,
+                                                      explicit_bank=explicit_bank, cache=cache, **kw)
+            iters_read.append(chunk_iters)
+            if on_prefill is not None:
+                on_prefill(min(i + step, idx.shape[1]), idx.shape[1])
+        prompt_iters = iters_read[0] if len(iters_read) == 1 else torch.cat(iters_read, dim=1)
         out, iters = [], []
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         for i in range(max_new_tokens):

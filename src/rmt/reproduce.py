@@ -37,10 +37,12 @@ from rmt.baselines.cot import evaluate_gpt, matching_config, train_gpt
 from rmt.baselines.gpt import GPT
 from rmt.checkpoint import atomic_write, save_model
 from rmt.config import RMTConfig
+from rmt.errors import RunFolderError, UsageError
 from rmt.demo import seeded_subset
 from rmt.evaluate import evaluate_qa
 from rmt.model import RMT
 from rmt.refine import evaluate_refined, refinement_examples
+from rmt.rundir import claim_folder
 from rmt.tasks import Example, get_task
 from rmt.tokenizer import ByteTokenizer
 from rmt.training import Stage, Trainer
@@ -328,20 +330,45 @@ def _job_in_subprocess(plan: ReproducePlan, seed: int, variant: str, out: Path, 
     return run_job(plan, seed, variant, out, progress=False)
 
 
+# What `rmt reproduce` writes in its folder (see `rmt.rundir`).
+REPRODUCE_OUTPUTS = ("plan.json", "report.json", "seed-*")
+
+
+class PlanMismatch(RunFolderError, ValueError):
+    """The folder holds a reproduction of another plan (a ValueError too, as this was before rmt.errors)."""
+
+
 def run_reproduce(seeds: list[int], out: str | Path, quick: bool = False, steps_mult: float = 1.0,
-                  progress: bool = True, jobs: int = 1, plan: ReproducePlan | None = None) -> dict:
+                  progress: bool = True, jobs: int = 1, plan: ReproducePlan | None = None,
+                  overwrite: bool = False) -> dict:
     """All seeds' jobs (in `jobs` processes, one thread each when more than one) -> the aggregated report.
 
     A job whose result is already in out/seed-N/VARIANT.json is not run again, so a killed reproduction
-    continues where it stopped; out/plan.json guards against continuing with a different plan.
+    continues where it stopped (run the same command again); out/plan.json guards against continuing with a
+    different plan, and a folder holding anything else this command writes is refused: with `overwrite` both
+    are moved to OUT.old-N first. OUT is locked while this runs.
     """
-    t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     plan = plan or reproduce_plan(quick, steps_mult)
     plan_json = json.dumps(plan_dict(plan), indent=2, sort_keys=True) + "\n"
-    if (out / "plan.json").is_file() and (out / "plan.json").read_text() != plan_json:
-        raise ValueError(f"{out}: holds results of a different plan ({out / 'plan.json'}); use a new --out")
+
+    def same_plan(path: Path) -> bool:
+        f = path / "plan.json"
+        if not f.is_file():
+            return False  # results without a plan: refused by claim_folder as another run
+        if f.read_text() == plan_json:
+            return True
+        if overwrite:
+            return False  # moved aside by claim_folder
+        raise PlanMismatch(f"--out {path}: holds results of a different plan ({f}); choose a new --out, or pass "
+                           f"--overwrite to move them aside to {path.name}.old-N (nothing is deleted)")
+
+    with claim_folder(out, markers=REPRODUCE_OUTPUTS, overwrite=overwrite, continues=same_plan):
+        return _run_reproduce(seeds, Path(out), quick, steps_mult, progress, jobs, plan, plan_json)
+
+
+def _run_reproduce(seeds: list[int], out: Path, quick: bool, steps_mult: float, progress: bool, jobs: int,
+                   plan: ReproducePlan, plan_json: str) -> dict:
+    t0 = time.perf_counter()
     atomic_write(out / "plan.json", lambda f: f.write_text(plan_json))
     todo = [(s, v) for s in seeds for v in VARIANTS if not (out / f"seed-{s}" / f"{v}.json").is_file()]
     bar = tqdm(total=len(seeds) * len(VARIANTS), initial=len(seeds) * len(VARIANTS) - len(todo), desc="reproduce",
@@ -406,20 +433,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps-mult", type=float, default=1.0, help="train this many times longer")
     p.add_argument("--jobs", type=int, default=2, help="models trained in parallel processes (default 2, one per core)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that holds another reproduction: it is moved to OUT.old-N first")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     if args.steps_mult <= 0:
-        raise SystemExit(f"rmt reproduce: error: --steps-mult: expected > 0, got {args.steps_mult}")
+        raise UsageError(f"--steps-mult: expected > 0, got {args.steps_mult}")
     seeds = [args.seed] if args.seed is not None else parse_seeds(args.seeds)
     if args.jobs < 1:
-        raise SystemExit(f"rmt reproduce: error: --jobs: expected >= 1, got {args.jobs}")
-    try:
-        report = run_reproduce(seeds, args.out, quick=args.quick, steps_mult=args.steps_mult,
-                               progress=not args.no_progress, jobs=args.jobs)
-    except ValueError as e:
-        raise SystemExit(f"rmt reproduce: error: {e}") from None
+        raise UsageError(f"--jobs: expected >= 1, got {args.jobs}")
+    report = run_reproduce(seeds, args.out, quick=args.quick, steps_mult=args.steps_mult,
+                           progress=not args.no_progress, jobs=args.jobs, overwrite=args.overwrite)
     from rmt.report import headline_table
     print(headline_table([report]))
     print(f"report: {Path(args.out) / 'report.json'}; tables and plots: rmt report {args.out}")

@@ -86,9 +86,11 @@ class ThinkingCore(nn.Module):
         self.layers = nn.ModuleList([Block(d_model, mlp_hidden, **ssm_kwargs) for _ in range(n_layers)])
 
     def _iterate(self, s: Tensor, e: Tensor, g: Tensor, states: list[MixerState] | None = None,
-                 keep_states: bool = False, reread: Callable[[Tensor], Tensor] | None = None):
+                 keep_states: bool = False, reread: Callable[[Tensor], Tensor] | None = None,
+                 init_states: list[MixerState] | None = None):
         """One iteration. Parallel over (B, T) when states is None (keep_states: also return each layer's
-        final scan state, for prefill); a single decoding step over (B,) when states are given.
+        final scan state, for prefill, continuing from init_states when given); a single decoding step over
+        (B,) when states are given.
 
         reread: s -> a memory read with a query from the current state, added to the re-injected input
         (the model passes one when the core reads memory at every iteration); same shape as s."""
@@ -102,7 +104,7 @@ class ThinkingCore(nn.Module):
                 u, st = layer.step(u, states[i], gate=g)
                 new_states.append(st)
             elif keep_states:
-                u, st = layer(u, gate=g, return_state=True)
+                u, st = layer(u, gate=g, state=None if init_states is None else init_states[i], return_state=True)
                 new_states.append(st)
             else:
                 u = layer(u, gate=g)
@@ -111,9 +113,11 @@ class ThinkingCore(nn.Module):
 
     def forward(self, e: Tensor, gate: Tensor, iters: int, bptt: int | None = None,
                 exit_rule: ExitRule | None = None, init: str = "zero", keep_states: bool = False,
-                readout: Callable[[Tensor], Tensor] | None = None, reread: Callable[[Tensor], Tensor] | None = None):
+                readout: Callable[[Tensor], Tensor] | None = None, reread: Callable[[Tensor], Tensor] | None = None,
+                states: list[list[MixerState]] | None = None):
         """e (B, T, D), gate (B, T) in [0, 1] -> final state (B, T, D), iterations run per token (B, T)
-        [, decoding states [iteration][layer] when keep_states]."""
+        [, decoding states [iteration][layer] when keep_states]. states: the decoding states these tokens
+        follow (a chunked prefill continues from the previous chunk's; with keep_states only)."""
         s = torch.randn_like(e) * e.detach().std() if (init == "random" and self.training) else torch.zeros_like(e)
         g = gate
         used = torch.zeros(gate.shape, device=e.device)
@@ -121,8 +125,9 @@ class ThinkingCore(nn.Module):
         all_states = []
         for k in range(iters):
             with torch.set_grad_enabled(torch.is_grad_enabled() and k >= first_grad):
-                s_new, states = self._iterate(s, e, g, keep_states=keep_states, reread=reread)
-            all_states.append(states)
+                s_new, new_states = self._iterate(s, e, g, keep_states=keep_states, reread=reread,
+                                                  init_states=None if states is None else states[k])
+            all_states.append(new_states)
             used = used + (g > 0).float()
             if exit_rule is not None:
                 g = torch.where(exit_rule.halted(k + 1, s, s_new, readout), torch.zeros_like(g), g)

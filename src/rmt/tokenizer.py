@@ -37,7 +37,11 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """Ids 0..255 are the UTF-8 bytes of the text; 256 is padding. Any string round-trips."""
+    """Ids 0..255 are the UTF-8 bytes of the text; 256 is padding. Any string round-trips.
+
+    Any byte is a token, so text that is not UTF-8 can be read too: decode its bytes with
+    ``errors="surrogateescape"`` (what Python does for command-line arguments) and `encode` gives those bytes back.
+    """
 
     kind = "byte"
     pad_id = 256
@@ -45,7 +49,7 @@ class ByteTokenizer:
     eos_id = END_OF_SAMPLE.encode("utf-8")[0]  # 10
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        return list(text.encode("utf-8", errors="surrogateescape"))
 
     def decode(self, ids: list[int]) -> str:
         """Bytes back to text; padding is dropped, and a cut-off multi-byte character becomes U+FFFD (a model can

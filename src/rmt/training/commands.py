@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from rmt.checkpoint import CheckpointError
-from rmt.config import ConfigError
+from rmt.errors import RMTError, UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in all (smoke runs)")
     p.add_argument("--out", help="output folder (default runs/<config name>)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where its last checkpoint is")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run even if --out holds another: the old run is moved to OUT.old-N, not deleted")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 
@@ -31,34 +31,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_presets)
 
 
-def _fail(msg: str) -> int:
-    print(f"rmt: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def _train(args: argparse.Namespace) -> int:
     from rmt.training.run import RunConfig, load_run_config, train
-    from rmt.training.trainer import NonFiniteLoss
 
-    try:
-        if args.resume:
-            extra = [f for f, v in (("--config", args.config), ("--set", args.set), ("--seed", args.seed),
-                                    ("--out", args.out)) if v]
-            if extra:
-                return _fail(f"--resume continues the run folder's own config and folder; drop {', '.join(extra)}")
-            cfg = load_run_config(args.resume)
-            out = Path(args.resume)
-        else:
-            if not args.config:
-                return _fail("--config is required (or --resume DIR)")
-            overrides = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
-            cfg = RunConfig.from_toml(args.config, overrides)
-            out = Path(args.out or Path("runs") / Path(args.config).stem)
-        if args.max_steps is not None and args.max_steps < 1:
-            return _fail(f"--max-steps: expected >= 1, got {args.max_steps}")
-        train(cfg, out, resume=bool(args.resume), max_steps=args.max_steps, progress=not args.no_progress)
-    except (ConfigError, CheckpointError, NonFiniteLoss, ValueError) as e:
-        return _fail(str(e))
+    # Errors (ConfigError, CheckpointError, RunFolderError, ...) are reported by the one boundary in rmt.cli.
+    if args.resume:
+        extra = [f for f, v in (("--config", args.config), ("--set", args.set), ("--seed", args.seed),
+                                ("--out", args.out), ("--overwrite", args.overwrite)) if v]
+        if extra:
+            raise UsageError(f"--resume continues the run folder's own config and folder; drop {', '.join(extra)}")
+        cfg = load_run_config(args.resume)
+        out = Path(args.resume)
+    else:
+        if not args.config:
+            raise UsageError("--config is required (or --resume DIR)")
+        overrides = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
+        cfg = RunConfig.from_toml(args.config, overrides)
+        out = Path(args.out or Path("runs") / Path(args.config).stem)
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps: expected >= 1, got {args.max_steps}")
+    train(cfg, out, resume=bool(args.resume), max_steps=args.max_steps, progress=not args.no_progress,
+          overwrite=args.overwrite)
     print(f"run folder: {out} (last checkpoint: {out / 'checkpoints' / 'latest'})")
     return 0
 
@@ -68,9 +61,9 @@ def _plot(args: argparse.Namespace) -> int:
 
     try:
         rows = read_metrics(args.run)
-        path = plot_training(rows, args.out or Path(args.run) / "training.png", title=f"{args.run}: training loss")
-    except (FileNotFoundError, ValueError) as e:
-        return _fail(str(e))
+    except (FileNotFoundError, ValueError) as e:  # the plotting module's own errors are about the run's files
+        raise RMTError(str(e)) from None
+    path = plot_training(rows, args.out or Path(args.run) / "training.png", title=f"{args.run}: training loss")
     print(path)
     return 0
 

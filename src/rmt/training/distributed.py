@@ -78,6 +78,16 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def all_ok(ok: bool, device: torch.device) -> bool:
+    """True when every process passed ok=True. A collective (every rank calls it), bounded by the process
+    group's timeout; a single process just gets its own flag back."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return ok
+    flag = torch.tensor([1 if ok else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

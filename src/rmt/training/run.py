@@ -17,6 +17,10 @@ Layout of an output folder:
     OUT/metrics.jsonl                      one JSON object per logging interval
     OUT/checkpoints/step-0000100/          model.safetensors, config.json, tokenizer, training state
     OUT/checkpoints/latest -> step-...     always the last complete checkpoint (swapped atomically)
+    OUT/.rmt-lock                          flock-ed by the process writing OUT (its pid inside; see rmt.rundir)
+
+A folder belongs to one run: a new run in a folder holding another's files is refused (`--resume OUT`
+continues it, `--overwrite` moves it to OUT.old-N first), and so is any second process while one writes it.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
 from rmt.checkpoint import CheckpointError, load_model, load_training_state, save_model, save_training_state
 from rmt.config import ConfigError, RMTConfig
+from rmt.errors import RunFolderError
+from rmt.rundir import RunFolder, claim_folder, reason, writing
 from rmt.model import RMT
 from rmt.presets import preset
 from rmt.tasks import TASKS, get_task
@@ -114,7 +121,12 @@ class RunConfig:
                 if not any(n.startswith(prefix) for n in names):
                     raise ConfigError(f"{source} stages[{i}].frozen: {prefix!r} matches no parameter "
                                       f"(top-level modules: {sorted({n.split('.')[0] for n in names})})")
-        return cls(model=model, stages=stages, tasks=tasks, preset=name, **raw)
+        if not stages:
+            raise ConfigError(f"{source}: stages: expected at least one [[stages]] table, found none")
+        try:
+            return cls(model=model, stages=stages, tasks=tasks, preset=name, **raw)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
     def from_toml(cls, path: str | Path, overrides: list[str] | None = None) -> "RunConfig":
@@ -122,9 +134,15 @@ class RunConfig:
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: expected a TOML text file, found a byte that is not UTF-8 "
+                              f"(0x{e.object[e.start]:02x} at byte {e.start})") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        if not raw:
+            raise ConfigError(f"{path}: the file is empty; expected a [model] table and at least one [[stages]] "
+                              "table (see configs/demo.toml)")
         for item in overrides or []:
             apply_override(raw, item)
         return cls.from_dict(raw, source=str(path))
@@ -164,6 +182,44 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node[last] = value
 
 
+# ------------------------------------------------------------------------------------------------ run folder
+# What `rmt train` writes in its folder: a folder holding any of these holds a run (see `rmt.rundir`).
+TRAIN_OUTPUTS = ("run_config.json", "metrics.jsonl", "checkpoints", "tensorboard", "report.json",
+                 "predictions_*.jsonl", "*_attention.png", "training.png")
+TMP_PREFIX = ".tmp-"  # a checkpoint being written: checkpoints/.tmp-step-NNNNNNN
+
+
+def _claim(out: Path, rank: int, world: int, device: torch.device, resume: bool, overwrite: bool) -> RunFolder | None:
+    """Rank 0 claims (locks) the run folder; every rank learns whether that worked, so that under torchrun the
+    other ranks stop as soon as rank 0 is refused instead of waiting for a collective that never comes."""
+    folder, error = None, None
+    if rank == 0:
+        try:
+            folder = claim_folder(out, markers=TRAIN_OUTPUTS, resume=resume, overwrite=overwrite,
+                                  flag="--resume" if resume else "--out", hint=f"continue it with --resume {out}")
+            if resume:
+                _remove_interrupted(out)
+        except BaseException as e:  # reported to the other ranks first, then raised
+            error = e
+    if world > 1 and not distributed.all_ok(error is None, device):
+        if error is None:
+            raise RunFolderError(f"{out}: rank 0 could not claim the run folder (see its error); rank {rank} stops")
+    if error is not None:
+        raise error
+    return folder
+
+
+def _remove_interrupted(out: Path) -> None:
+    """Remove what an interrupted checkpoint write left (`latest` never points there)."""
+    ckpts = out / "checkpoints"
+    if not ckpts.is_dir():
+        return
+    for p in ckpts.iterdir():
+        if p.name.startswith(TMP_PREFIX) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+    (ckpts / ".latest.tmp").unlink(missing_ok=True)
+
+
 # ------------------------------------------------------------------------------------------------ checkpoints
 def _save(out: Path, model: RMT, tok, state: dict, keep: int) -> None:
     """Called on every process (gathering sharded weights is a collective); only rank 0 writes."""
@@ -172,10 +228,16 @@ def _save(out: Path, model: RMT, tok, state: dict, keep: int) -> None:
         return
     ckpts = out / "checkpoints"
     step_dir = ckpts / f"step-{state['global_step']:07d}"
-    tmp = ckpts / f".tmp-{step_dir.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, tok, state_dict=weights)
-    save_training_state(state, tmp)
+    tmp = ckpts / f"{TMP_PREFIX}{step_dir.name}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(model, tmp, tok, state_dict=weights)
+        save_training_state(state, tmp)
+    except (OSError, SafetensorError) as e:  # disk full, read-only: no half-written folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        latest = ckpts / "latest"
+        kept = f"checkpoints/latest is still {os.readlink(latest)}" if latest.is_symlink() else "no checkpoint was kept"
+        raise RunFolderError(f"{out}: cannot write checkpoint {step_dir.name}: {reason(e)}; {kept}") from None
     shutil.rmtree(step_dir, ignore_errors=True)
     os.replace(tmp, step_dir)
     # Point `latest` at the new folder in one atomic rename of a fresh symlink.
@@ -189,21 +251,39 @@ def _save(out: Path, model: RMT, tok, state: dict, keep: int) -> None:
 
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: int | None = None,
-          progress: bool = True) -> RMT:
-    """Run (or continue) the configured curriculum, writing checkpoints and metrics under `out`."""
+          progress: bool = True, overwrite: bool = False) -> RMT:
+    """Run (or continue) the configured curriculum, writing checkpoints and metrics under `out`.
+
+    The folder is locked while this runs (rank 0 holds the lock). A new run (not `resume`) is refused in a
+    folder that holds another run's files, unless `overwrite`, which moves them aside to OUT.old-N first.
+    """
     out = Path(out)
     images: dict = {}
     pools = build_pools(cfg, images)  # before anything is written: a bad task setting loses nothing
     rank, world, device = distributed.init_from_env(cfg.device)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    try:
+        folder = _claim(out, rank, world, device, resume, overwrite)
+    except BaseException:
+        distributed.shutdown()
+        raise
+    try:
+        return _train(cfg, out, pools, images, rank, world, device, resume, max_steps, progress)
+    finally:
+        if folder is not None:
+            folder.release()
+        distributed.shutdown()
+
+
+def _train(cfg: RunConfig, out: Path, pools: dict, images: dict, rank: int, world: int, device: torch.device,
+           resume: bool, max_steps: int | None, progress: bool) -> RMT:
     torch.manual_seed(cfg.seed)
     tok = ByteTokenizer()
     state = None
     latest = out / "checkpoints" / "latest"
     if resume:
         if not latest.exists():
-            raise CheckpointError(f"{out}: nothing to resume (no checkpoints/latest)")
+            raise CheckpointError(f"--resume {out}: nothing to resume: no complete checkpoint (checkpoints/latest "
+                                  f"is missing); start a new run there with --config ... --out {out} --overwrite")
         model, _ = load_model(latest)
         if model.config != cfg.model:
             raise CheckpointError(f"{latest}: checkpoint was written for another model config than {out}/run_config.json")
@@ -216,17 +296,19 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
     if world > 1 and cfg.parallel == "fsdp":
         distributed.shard(model)
     if rank == 0:
-        (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        with writing(out, "run_config.json"):
+            (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     metrics = out / "metrics.jsonl"
     if state is not None and rank == 0 and metrics.is_file():
         # Rows logged after the checkpoint were lost work; the resumed run logs those steps again.
         keep = [l for l in metrics.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= state["global_step"]]
-        metrics.write_text("".join(l + "\n" for l in keep))
+        with writing(out, "metrics.jsonl"):
+            metrics.write_text("".join(l + "\n" for l in keep))
     tb = _tensorboard(out / "tensorboard") if rank == 0 else None
 
     def log(m: dict) -> None:
-        with metrics.open("a") as f:
+        with writing(out, "metrics.jsonl"), metrics.open("a") as f:
             f.write(json.dumps(m) + "\n")
         if tb is not None:
             for k, v in m.items():
@@ -238,18 +320,15 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
     trainer = Trainer(model, tok, pools, evaluate=evaluate, eval_every=cfg.eval_every, seed=cfg.seed, on_metrics=log, progress=progress and rank == 0,
                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, max_steps=max_steps,
                       on_checkpoint=lambda tr, st: _save(out, model, tok, st, cfg.keep_checkpoints), images=images)
-    try:
-        trainer.run(cfg.stages, resume=state)
-        if rank == 0 and images:
-            # Tasks with images end the run with their test evaluation (accuracy by question type, memory-off
-            # and recurrence-off ablations) in OUT/report.json, plus a PNG of the memory reads.
-            # Optimizer-step wall seconds of the whole run, a resumed one included (kept in the checkpoints).
-            train_seconds = trainer.train_seconds
-            for name in sorted(images):
-                task = get_task(name, **task_settings(cfg, name))
-                write_visual_report(model, name, task.split("test"), task.images("test"), tok, out, train_seconds)
-    finally:
-        distributed.shutdown()
+    trainer.run(cfg.stages, resume=state)
+    if rank == 0 and images:
+        # Tasks with images end the run with their test evaluation (accuracy by question type, memory-off
+        # and recurrence-off ablations) in OUT/report.json, plus a PNG of the memory reads.
+        # Optimizer-step wall seconds of the whole run, a resumed one included (kept in the checkpoints).
+        train_seconds = trainer.train_seconds
+        for name in sorted(images):
+            task = get_task(name, **task_settings(cfg, name))
+            write_visual_report(model, name, task.split("test"), task.images("test"), tok, out, train_seconds)
     return model
 
 
@@ -282,6 +361,9 @@ def build_pools(cfg: RunConfig, images: dict | None = None) -> dict[str, list]:
             task_images = task.images("train")
         except (TypeError, ValueError, FileNotFoundError) as e:
             raise ConfigError(f"tasks.{name}: {e}") from None
+        if not pools[name]:
+            where = f" (read from {task.config.path})" if hasattr(task.config, "path") else ""
+            raise ConfigError(f"tasks.{name}: expected training examples, found an empty train split{where}")
         if task_images is not None:
             if not cfg.model.vision:
                 raise ConfigError(f"tasks.{name}: its examples come with images; the model needs vision = true")

@@ -20,6 +20,8 @@ from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, se
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from rmt.config import ConfigError
+from rmt.errors import RMTError
 from rmt.model import RMT, loss_fn
 from rmt.tasks import Example
 from rmt.training import distributed
@@ -58,8 +60,8 @@ def lr_at(step: int, stage: Stage) -> float:
     return stage.lr * (stage.min_lr_frac + (1 - stage.min_lr_frac) * cos)
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(RMTError, RuntimeError):
+    """The loss stayed NaN or infinite for several steps (the message says which stage and step)."""
 
 
 class Trainer:
@@ -119,7 +121,7 @@ class Trainer:
         net: nn.Module = model
         if self.world > 1 and not distributed.is_fsdp(model):
             if stage.batch_size % self.world:
-                raise ValueError(f"stage {stage.name!r}: batch_size {stage.batch_size} is not divisible by the "
+                raise ConfigError(f"stage {stage.name!r}: batch_size {stage.batch_size} is not divisible by the "
                                  f"{self.world} processes")
             # Wrapped per stage: which parameters train (and so need gradient hooks) changes between stages.
             # Branches can be unused in a step (K = 0, forced routing), hence find_unused_parameters.
