@@ -14,6 +14,7 @@ since a fact needs one answer.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,12 +92,19 @@ def _require_file(path: Path, expected_format: str) -> None:
         raise FileNotFoundError(f"{path}: no such file; expected {expected_format}")
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
+
+
 def load_country_facts(path: Path) -> list[Fact]:
     """Capital, continent and currency facts from the country-codes CSV."""
     _require_file(path, f"a UTF-8 CSV with the columns {COUNTRY_NAME_COLUMN!r}, 'Capital', 'Continent', "
                         "'ISO4217-currency_name' (datasets/country-codes)")
     facts = []
-    with path.open(encoding="utf-8", newline="") as file:
+    with io.StringIO(_read_text(path), newline="") as file:
         for row in csv.DictReader(file):
             country = (row.get(COUNTRY_NAME_COLUMN) or "").strip()
             if not country:
@@ -115,7 +123,7 @@ def load_element_facts(path: Path) -> list[Fact]:
     """Symbol and atomic-number facts from the periodic-table JSON."""
     _require_file(path, 'a JSON object {"elements": [{"name": ..., "symbol": ..., "number": ...}, ...]} '
                         "(Bowserinator/Periodic-Table-JSON)")
-    with path.open(encoding="utf-8") as file:
+    with io.StringIO(_read_text(path)) as file:
         try:
             elements = json.load(file)["elements"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:

@@ -60,4 +60,7 @@ def read_jsonl(
             if problem:
                 raise ValueError(f"{where}: {problem}; expected an object like {expected_format}")
             records.append(record)
+    if not records:
+        raise ValueError(f"{path}: no records (the file is empty or blank); expected JSON lines, one object per "
+                         f"line like {expected_format}")
     return records

@@ -42,6 +42,8 @@ class TextCorpus(Task):
         path = self.config.path
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file; expected a plain UTF-8 text file")
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path}: the file is empty; expected a plain UTF-8 text file")
         try:
             return path.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
