@@ -1,7 +1,7 @@
 """Probe: can a depth-recurrent SSM thinking core learn chained arithmetic on the CPU in minutes?"""
 import argparse, random, time, math
 import torch, torch.nn as nn, torch.nn.functional as F
-from rmt.ssm import Block, RMSNorm
+from rmt.model.ssm import Block, RMSNorm
 
 CUR = [4]
 DEV = ['cpu']

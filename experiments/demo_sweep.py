@@ -1,6 +1,6 @@
 """How the demo's results scale with training length and batch size (run on a GPU to see it quickly)."""
 import argparse, dataclasses, json
-from rmt.demo import demo_plan, run_demo
+from rmt.harness.demo import demo_plan, run_demo
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--mult", type=float, default=1.0); ap.add_argument("--batch", type=int, default=64)

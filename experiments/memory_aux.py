@@ -5,8 +5,8 @@ auxiliary memory loss. Usage: python experiments/memory_aux.py --steps 800 --ent
 """
 import argparse, json, time
 import torch
-from rmt.config import RMTConfig
-from rmt.evaluate import evaluate_qa
+from rmt.model.config import RMTConfig
+from rmt.evaluation.evaluate import evaluate_qa
 from rmt.model import RMT
 from rmt.tasks import get_task
 from rmt.tokenizer import ByteTokenizer

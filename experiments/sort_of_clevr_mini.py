@@ -8,9 +8,9 @@ cells the named object covers. Not part of the library; how the choices in exper
 import torch, random, sys, os, time
 import torch.nn.functional as F
 import math
-from rmt.memory import SoftmaxMemoryBank
-from rmt.vision import PatchEncoder
-from rmt.memory import ExplicitMemoryRead
+from rmt.model.memory import SoftmaxMemoryBank
+from rmt.model.vision import PatchEncoder
+from rmt.model.memory import ExplicitMemoryRead
 from rmt.tasks import get_task
 from rmt.tasks.sort_of_clevr import COLORS, QUESTIONS, ANSWERS
 torch.manual_seed(0); torch.set_num_threads(1)

@@ -16,7 +16,7 @@ import tomllib
 import numpy as np
 import torch
 
-from rmt.config import RMTConfig
+from rmt.model.config import RMTConfig
 from rmt.model import RMT, loss_fn
 from rmt.tasks import get_task
 from rmt.tasks.sort_of_clevr import COLORS

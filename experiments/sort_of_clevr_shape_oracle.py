@@ -2,7 +2,7 @@
 # cell's share of the object's pixels; ORACLE=max: all on the cell with most of it)? STEM, NL, CH, LR, STEPS, B by env.
 import torch, random, os, time, numpy as np
 import torch.nn.functional as F
-from rmt.vision import PatchEncoder
+from rmt.model.vision import PatchEncoder
 from rmt.tasks import get_task
 torch.manual_seed(0); torch.set_num_threads(1)
 E = lambda k, d: type(d)(os.environ.get(k, d))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rmt.baselines.gpt import GPT, GPTConfig
-from rmt.config import ConfigError
+from rmt.model.config import ConfigError
 
 
 def test_gpt_cached_decoding_matches_full_forward():

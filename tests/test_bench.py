@@ -2,11 +2,11 @@
 
 import torch
 
-from rmt.bench import explicit_ms_per_query, generate_costs, generate_ms, held_bytes, models, timed
+from rmt.harness.bench import explicit_ms_per_query, generate_costs, generate_ms, held_bytes, models, timed
 
 
 def test_timed_returns_the_median(monkeypatch):
-    import rmt.bench as bench
+    import rmt.harness.bench as bench
 
     clock = iter([0.0, 1.0, 10.0, 10.5, 20.0, 29.0])  # three runs: 1 s, 0.5 s, 9 s
     monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
@@ -55,5 +55,5 @@ def test_generate_costs_times_every_context_each_round():
     for c in costs.values():
         assert len(c["ms_rounds"]) == 3 and c["ms"] == sorted(c["ms_rounds"])[1]
         # The untrained router's think gate is constant above its threshold: every token runs all K iterations.
-        assert c["think_iters"] == rmt.config.think_iters
+        assert c["think_iters"] == rmt.config.core.iters
     assert costs[8]["state_bytes"] == costs[24]["state_bytes"]

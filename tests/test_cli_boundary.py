@@ -13,15 +13,15 @@ import torch
 import rmt.training.commands
 from rmt.checkpoint import save_model
 from rmt.cli import BROKEN_PIPE, main
-from rmt.config import RMTConfig
+from rmt.model.config import RMTConfig
 from rmt.errors import UsageError
 from rmt.model import RMT
 from rmt.rundir import claim_folder
 from rmt.tokenizer import ByteTokenizer
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-TINY = dict(d_model=32, ssm_head_dim=16, ssm_chunk=8, mem_n_keys=8, mem_heads=2, mem_topk=4, mem_d_key=16,
-            explicit_d_key=16, think_iters=2, n_prelude=1, n_coda=1)
+TINY = dict(d_model=32, n_prelude=1, n_coda=1, ssm={"head_dim": 16, "chunk": 8},
+            product_keys={"n_keys": 8, "heads": 2, "topk": 4, "d_key": 16}, bank={"d_key": 16}, core={"iters": 2})
 
 
 def _one_line(capsys) -> str:
@@ -67,7 +67,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
 
 def test_an_os_error_on_a_named_path_is_one_line(tmp_path, capsys):
     torch.manual_seed(0)
-    save_model(RMT(RMTConfig(**TINY)), tmp_path / "ckpt", ByteTokenizer())
+    save_model(RMT(RMTConfig.from_dict(TINY)), tmp_path / "ckpt", ByteTokenizer())
     out = tmp_path / "results"
     out.write_text("a file where the results folder should go")
     assert main(["eval", "--task", "arithmetic", "--checkpoint", str(tmp_path / "ckpt"), "--limit", "1",
@@ -123,7 +123,7 @@ def test_reproduce_refuses_another_plans_folder(tmp_path, capsys):
 
 def test_export_and_memory_build_claim_their_folders(tmp_path, capsys):
     torch.manual_seed(0)
-    save_model(RMT(RMTConfig(**TINY)), tmp_path / "ckpt", ByteTokenizer())
+    save_model(RMT(RMTConfig.from_dict(TINY)), tmp_path / "ckpt", ByteTokenizer())
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text("{}")  # an earlier export

@@ -12,24 +12,24 @@ import torch
 
 from rmt.checkpoint import load_model, save_model
 from rmt.cli import main
-from rmt.config import RMTConfig
+from rmt.model.config import RMTConfig
 from rmt.model import RMT
-from rmt.thinking import LatentChange
+from rmt.model.thinking import LatentChange
 from rmt.tokenizer import ByteTokenizer
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def tiny_config(**kw) -> RMTConfig:
-    base = dict(d_model=32, ssm_head_dim=16, ssm_chunk=8, mem_n_keys=8, mem_heads=2, mem_topk=4, mem_d_key=16,
-                explicit_d_key=16, think_iters=3, n_prelude=1, n_coda=1)
-    return RMTConfig(**{**base, **kw})
+    base = dict(d_model=32, n_prelude=1, n_coda=1, ssm={"head_dim": 16, "chunk": 8},
+                product_keys={"n_keys": 8, "heads": 2, "topk": 4, "d_key": 16}, bank={"d_key": 16}, core={"iters": 3})
+    return RMTConfig.from_dict(base).replace(**kw)
 
 
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    m = RMT(tiny_config(memory_query_conv=3, memory_query_ema=4))
+    m = RMT(tiny_config(reader={"query_conv": 3, "query_ema": 4}))
     with torch.no_grad():  # a token-dependent router, so that some chunks think and others skip the core
         m.router.proj.weight.normal_(0, 2.0)
     return m.eval()

@@ -9,23 +9,23 @@ pytest.importorskip("faiss")
 
 from rmt.checkpoint import save_model  # noqa: E402
 from rmt.cli import main  # noqa: E402
-from rmt.config import RMTConfig  # noqa: E402
+from rmt.model.config import RMTConfig  # noqa: E402
 from rmt.integrations.faiss_bank import (  # noqa: E402
     FaissMemoryBank, IndexSpec, build_index, encode_facts, load_bank, synthetic_bank, synthetic_queries,
     top1_agreement)
-from rmt.memory import feature_map  # noqa: E402
+from rmt.model.memory import feature_map  # noqa: E402
 from rmt.model import RMT  # noqa: E402
 from rmt.tokenizer import ByteTokenizer  # noqa: E402
 
-TINY = dict(d_model=32, n_prelude=1, n_coda=1, mem_n_keys=8, mem_topk=4, mem_d_key=16, explicit_d_key=16,
-            ssm_head_dim=16, think_iters=2)
+TINY = dict(d_model=32, n_prelude=1, n_coda=1, ssm={"head_dim": 16}, product_keys={"n_keys": 8, "topk": 4, "d_key": 16},
+            bank={"d_key": 16}, core={"iters": 2})
 FACTS = [f"Person {i} lives in city {i * 7 % 31} and works as a {['poet', 'baker', 'pilot'][i % 3]}." for i in range(60)]
 
 
 @pytest.fixture(scope="module")
 def model() -> RMT:
     torch.manual_seed(0)
-    return RMT(RMTConfig(**TINY)).eval()
+    return RMT(RMTConfig.from_dict(TINY)).eval()
 
 
 def test_top_k_read_over_every_entry_equals_the_native_linear_attention_read(model):
@@ -40,7 +40,7 @@ def test_top_k_read_over_every_entry_equals_the_native_linear_attention_read(mod
         idx[r, : lengths[r]] = torch.tensor(tok.encode(f))
     with torch.no_grad():
         model.write_memory(native, model.encode_text(idx, lengths).unsqueeze(0))
-    q = torch.randn(1, 5, model.explicit.d_key)
+    q = torch.randn(1, 5, model.reader.bank.d_key)
     torch.testing.assert_close(bank.read(q), native.read(q), rtol=1e-4, atol=1e-5)
     # ... and through the model: forward and generate read a FAISS bank exactly like a native one.
     prompt = torch.randint(0, 256, (1, 10))
@@ -84,7 +84,7 @@ def test_rmt_memory_build_writes_a_bank_the_model_can_read(model, tmp_path):
     # A different model's queries mean nothing to these keys: refused by name.
     torch.manual_seed(1)
     with pytest.raises(ValueError, match="different model"):
-        load_bank(tmp_path / "bank", RMT(RMTConfig(**TINY)))
+        load_bank(tmp_path / "bank", RMT(RMTConfig.from_dict(TINY)))
 
 
 def test_bad_facts_file_is_refused(model, tmp_path):

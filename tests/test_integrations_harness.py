@@ -10,21 +10,21 @@ pytest.importorskip("lm_eval")
 
 from rmt.checkpoint import save_model  # noqa: E402
 from rmt.cli import main  # noqa: E402
-from rmt.config import RMTConfig  # noqa: E402
+from rmt.model.config import RMTConfig  # noqa: E402
 from rmt.integrations.harness import RMTHarnessLM, evaluate  # noqa: E402
 from rmt.model import RMT  # noqa: E402
 from rmt.tasks.scoring import exact_match, gsm8k_metrics, triviaqa_metrics  # noqa: E402
 from rmt.tokenizer import ByteTokenizer  # noqa: E402
 
-TINY = dict(d_model=32, n_prelude=1, n_coda=1, mem_n_keys=8, mem_topk=4, mem_d_key=16, explicit_d_key=16,
-            ssm_head_dim=16, think_iters=2)
+TINY = dict(d_model=32, n_prelude=1, n_coda=1, ssm={"head_dim": 16}, product_keys={"n_keys": 8, "topk": 4, "d_key": 16},
+            bank={"d_key": 16}, core={"iters": 2})
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("ckpt")
-    save_model(RMT(RMTConfig(**TINY)).eval(), d, ByteTokenizer())
+    save_model(RMT(RMTConfig.from_dict(TINY)).eval(), d, ByteTokenizer())
     return d
 
 

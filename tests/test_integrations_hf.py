@@ -9,20 +9,20 @@ from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 from rmt.checkpoint import save_model  # noqa: E402
 from rmt.cli import main  # noqa: E402
-from rmt.config import RMTConfig  # noqa: E402
+from rmt.model.config import RMTConfig  # noqa: E402
 from rmt.integrations.hf import (  # noqa: E402
     RMTForCausalLM, RMTHFConfig, export_checkpoint, from_native, load_rmt_tokenizer)
 from rmt.model import RMT  # noqa: E402
 from rmt.tokenizer import ByteTokenizer  # noqa: E402
 
-TINY = dict(d_model=32, n_prelude=1, n_coda=1, mem_n_keys=8, mem_topk=4, mem_d_key=16, explicit_d_key=16,
-            ssm_head_dim=16, think_iters=2)
+TINY = dict(d_model=32, n_prelude=1, n_coda=1, ssm={"head_dim": 16}, product_keys={"n_keys": 8, "topk": 4, "d_key": 16},
+            bank={"d_key": 16}, core={"iters": 2})
 
 
 @pytest.fixture(scope="module")
 def native() -> RMT:
     torch.manual_seed(0)
-    return RMT(RMTConfig(**TINY)).eval()
+    return RMT(RMTConfig.from_dict(TINY)).eval()
 
 
 def test_logits_equal_the_native_model(native):
@@ -82,8 +82,8 @@ def test_padding_is_refused_with_a_clear_error(native):
 
 
 def test_bad_config_value_names_the_field():
-    with pytest.raises(ValueError, match="mem_d_key"):
-        RMTHFConfig(**{**TINY, "mem_d_key": 15})
+    with pytest.raises(ValueError, match=r"model\.product_keys\.d_key"):
+        RMTHFConfig(**{**TINY, "product_keys": {**TINY["product_keys"], "d_key": 15}})
 
 
 def test_rmt_export_hf_converts_a_run(native, tmp_path):
@@ -149,7 +149,7 @@ def test_exported_folder_loads_in_a_fresh_python_like_any_custom_model(native, t
 
     bpe = _bpe_tokenizer()
     torch.manual_seed(1)
-    bpe_model = RMT(RMTConfig(**{**TINY, "vocab_size": bpe.vocab_size, "pad_id": bpe.pad_id})).eval()
+    bpe_model = RMT(RMTConfig.from_dict({**TINY, "vocab_size": bpe.vocab_size, "pad_id": bpe.pad_id})).eval()
     runs = {"byte": (native, ByteTokenizer()), "bpe": (bpe_model, bpe)}
     folders, expected = {}, {}
     for name, (model, tok) in runs.items():

@@ -1,4 +1,4 @@
-"""The optional GPU fast paths (rmt.kernels) against the reference scans.
+"""The optional GPU fast paths (rmt.model.kernels) against the reference scans.
 
 The CPU tests always run: the dispatcher must fall back to the reference on the CPU, bit for bit, and the
 dt / A / group conventions it maps onto mamba-ssm must equal the sequential oracle. The GPU tests need CUDA
@@ -13,9 +13,9 @@ import sys
 import pytest
 import torch
 
-from rmt.kernels import kernels_mode, mamba_chunk_scan, scan_backend, ssd_scan
-from rmt.scan import scan_chunked, scan_reference
-from rmt.ssm import SelectiveSSM
+from rmt.model.kernels import kernels_mode, mamba_chunk_scan, scan_backend, ssd_scan
+from rmt.model.scan import scan_chunked, scan_reference
+from rmt.model.ssm import SelectiveSSM
 
 
 def _inputs(b, t, h, p, n, groups=1, seed=0, device="cpu", with_state=True):
@@ -76,7 +76,7 @@ def test_switch_reads_the_environment_and_the_argument_wins(monkeypatch):
 
 def test_importing_rmt_does_not_import_the_optional_libraries():
     # Lazy imports: building and running a model on the CPU must not touch mamba_ssm or triton.
-    code = ("import sys, torch; from rmt.model import RMT; from rmt.presets import preset; "
+    code = ("import sys, torch; from rmt.model import RMT; from rmt.model.presets import preset; "
             "m = RMT(preset('tiny')); m(torch.randint(0, 256, (1, 8))); "
             "print(sorted(k for k in ('mamba_ssm', 'triton', 'fla') if k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -92,7 +92,7 @@ gpu = pytest.mark.skipif(_NO_CUDA, reason="no CUDA device: the GPU fast paths ca
 
 def _need_mamba():
     if mamba_chunk_scan() is None:
-        from rmt.kernels import _load_mamba
+        from rmt.model.kernels import _load_mamba
 
         pytest.skip(f"mamba-ssm fast path unavailable: {_load_mamba()[1]} (pip install 'rmt[gpu]')")
 

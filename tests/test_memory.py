@@ -1,4 +1,4 @@
-"""Tests for rmt.memory: product-key memory and the explicit linear-attention memory bank."""
+"""Tests for rmt.model.memory: product-key memory and the explicit linear-attention memory bank."""
 
 from __future__ import annotations
 
@@ -6,14 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rmt.memory import (
-    ExplicitMemoryBank,
-    ExplicitMemoryRead,
-    MemoryLookup,
-    ProductKeyMemory,
-    _weighted_bag_sum,
-    linear_attention_reference,
-)
+from rmt.model.memory import ExplicitMemoryBank, ExplicitMemoryRead, MemoryLookup, ProductKeyMemory
+from rmt.model.memory.bag_sum import weighted_bag_sum
+from tests.oracles import linear_attention_reference, product_key_bruteforce
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +30,7 @@ def test_lookup_matches_bruteforce(
     q = F.layer_norm(torch.randn(n_queries, heads, d_key), (d_key,))
     with torch.no_grad():
         scores, idx = mem.lookup(q)
-        ref_scores, ref_idx = mem.lookup_bruteforce(q)
+        ref_scores, ref_idx = product_key_bruteforce(mem, q)
     assert scores.shape == idx.shape == (n_queries, heads, topk)
     assert idx.dtype == torch.int64
     assert int(idx.min()) >= 0 and int(idx.max()) < mem.num_slots
@@ -99,7 +94,7 @@ def test_value_table_gradient_matches_stock_embedding_bag(sparse: bool) -> None:
     idx = torch.randint(0, 40, (9, 5))
     w = torch.rand(9, 5, requires_grad=True)
     g = torch.randn(9, 6)
-    out = _weighted_bag_sum(idx, table, w, sparse)
+    out = weighted_bag_sum(idx, table, w, sparse)
     gt, gw = torch.autograd.grad(out, (table, w), g)
     table_ref = table.detach().clone().requires_grad_()
     w_ref = w.detach().clone().requires_grad_()

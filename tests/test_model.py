@@ -4,17 +4,16 @@ import pytest
 import torch
 
 from rmt.checkpoint import CheckpointError, load_model, save_model
-from rmt.config import ConfigError, RMTConfig
+from rmt.model.config import ConfigError, RMTConfig
 from rmt.model import RMT, loss_fn
-from rmt.thinking import LatentChange, PredictionKL
+from rmt.model.thinking import LatentChange, PredictionKL
 from rmt.tokenizer import ByteTokenizer
 
 
 def tiny_config(**kw) -> RMTConfig:
-    base = dict(d_model=32, ssm_head_dim=16, ssm_chunk=8, mem_n_keys=8, mem_heads=2, mem_topk=4, mem_d_key=16,
-                explicit_d_key=16, think_iters=3, n_prelude=1, n_coda=1)
-    base.update(kw)
-    return RMTConfig(**base)
+    base = dict(d_model=32, n_prelude=1, n_coda=1, ssm={"head_dim": 16, "chunk": 8},
+                product_keys={"n_keys": 8, "heads": 2, "topk": 4, "d_key": 16}, bank={"d_key": 16}, core={"iters": 3})
+    return RMTConfig.from_dict(base).replace(**kw)
 
 
 @pytest.fixture
@@ -51,7 +50,7 @@ def test_hard_routing_really_skips_tokens(model):
     skipped = ~out.routing.think_mask
     assert skipped.any() and (~skipped).any(), "the fixture's router should skip some tokens and not others"
     assert (out.think_iters[skipped] == 0).all()
-    assert (out.think_iters[~skipped] == model.config.think_iters).all()
+    assert (out.think_iters[~skipped] == model.config.core.iters).all()
 
 
 def test_exit_rule_stops_tokens_early(model):
@@ -72,7 +71,7 @@ def test_gradients_reach_memory_core_and_router():
     loss, _ = loss_fn(out, idx, compute_weight=0.01)
     loss.backward()
     named = dict(m.named_parameters())
-    for name in ["memory.keys", "memory.values.weight", "memory.query_proj.weight", "router.proj.weight",
+    for name in ["reader.product_keys.keys", "reader.product_keys.values.weight", "reader.product_keys.query_proj.weight", "router.proj.weight",
                  "core.adapter.weight", "core.update_gate.weight", "core.layers.0.mixer.in_proj.weight"]:
         g = named[name].grad
         assert g is not None and g.abs().sum() > 0, name
@@ -99,7 +98,7 @@ def _forbid(monkeypatch, what: str, *targets: tuple[object, str]) -> None:
 
 
 def test_recurrence_off_never_calls_the_core(model, monkeypatch):
-    _forbid(monkeypatch, "thinking core", (model.core, "forward"), (model.core, "step"))
+    _forbid(monkeypatch, "thinking core", (model.core, "forward"), (model.core, "_iterate"))
     idx = _tokens()
     model(idx, think_iters=0)
     model.generate(idx, 5, think_iters=0)
@@ -107,7 +106,7 @@ def test_recurrence_off_never_calls_the_core(model, monkeypatch):
 
 
 def test_memory_off_never_reads_memory(model, monkeypatch):
-    _forbid(monkeypatch, "memory", (model.memory, "forward"), (model.explicit, "forward"))
+    _forbid(monkeypatch, "memory", (model.reader.product_keys, "forward"), (model.reader.bank, "forward"))
     idx = _tokens()
     bank = model.new_memory_bank()
     model(idx, memory=False, explicit_bank=bank)
@@ -184,13 +183,15 @@ def test_checkpoint_from_another_config_is_reported(model, tmp_path):
         load_model(d)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("d_model", 0), ("d_model", "wide"), ("think_init", "ones"), ("router_threshold", 1.5),
-    ("mem_topk", 1000), ("think_iters", -1), ("ssm_head_dim", 48), ("memory", 1),
+@pytest.mark.parametrize("change,field", [
+    ({"d_model": 0}, "model.d_model"), ({"d_model": "wide"}, "model.d_model"),
+    ({"core": {"init": "ones"}}, "model.core.init"), ({"router": {"threshold": 1.5}}, "model.router.threshold"),
+    ({"product_keys": {"topk": 1000}}, "model.product_keys.topk"), ({"core": {"iters": -1}}, "model.core.iters"),
+    ({"ssm": {"head_dim": 48}}, "model.ssm.head_dim"), ({"product_keys": {"enabled": 1}}, "model.product_keys.enabled"),
 ])
-def test_invalid_config_names_the_field(field, value):
-    with pytest.raises(ConfigError, match=field):
-        tiny_config(**{field: value})
+def test_invalid_config_names_the_field(change, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        tiny_config(**change)
 
 
 def test_unknown_config_key_is_named():
@@ -199,7 +200,7 @@ def test_unknown_config_key_is_named():
 
 
 def test_config_round_trips_through_json_and_toml(tmp_path):
-    cfg = tiny_config(think_init="random", router_threshold=0.3)
+    cfg = tiny_config(core={"init": "random"}, router={"threshold": 0.3})
     assert RMTConfig.from_toml(cfg.to_toml()) == cfg
     cfg.to_json(tmp_path / "c.json")
     assert RMTConfig.from_json(tmp_path / "c.json") == cfg

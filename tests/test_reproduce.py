@@ -8,12 +8,12 @@ import torch
 
 from rmt.baselines.cot import evaluate_gpt, final_answer, matching_config, train_gpt
 from rmt.baselines.gpt import GPT
-from rmt.config import RMTConfig
-from rmt.evaluate import evaluate_qa
+from rmt.model.config import RMTConfig
+from rmt.evaluation.evaluate import evaluate_qa
 from rmt.model import RMT
-from rmt.refine import evaluate_refined, refine_prompt, refinement_examples, weights_fingerprint
-from rmt.report import ReportError, claims, load_seed_reports, write_report
-from rmt.reproduce import (REFINE_POOL, ReproducePlan, build_data, for_gpt, mean_over_seeds, parse_seeds,
+from rmt.evaluation.refine import evaluate_refined, refine_prompt, refinement_examples, weights_fingerprint
+from rmt.evaluation.report import ReportError, claims, load_seed_reports, write_report
+from rmt.harness.reproduce import (REFINE_POOL, ReproducePlan, build_data, for_gpt, mean_over_seeds, parse_seeds,
                            run_reproduce, without_thinking)
 from rmt.tasks import Example, get_task
 from rmt.tokenizer import ByteTokenizer
@@ -45,7 +45,7 @@ def test_refinement_examples_mix_right_and_wrong_drafts_and_keep_the_target():
 
 def test_weights_fingerprint_sees_a_one_ulp_change():
     torch.manual_seed(0)
-    model = RMT(RMTConfig(**TINY))
+    model = RMT(RMTConfig.from_dict(TINY))
     before = weights_fingerprint(model)
     assert weights_fingerprint(model) == before
     with torch.no_grad():
@@ -56,7 +56,7 @@ def test_weights_fingerprint_sees_a_one_ulp_change():
 
 def test_refinement_leaves_weights_identical_and_round_zero_is_plain_evaluation():
     torch.manual_seed(0)
-    model = RMT(RMTConfig(**TINY))
+    model = RMT(RMTConfig.from_dict(TINY))
     tok = ByteTokenizer()
     examples = _arith(12)
     res = evaluate_refined(model, examples, tok, rounds=2, max_new_tokens=4)
@@ -108,7 +108,7 @@ def _tiny_plan() -> ReproducePlan:
                     think_iters_max=1, frozen=["router"], router_cost=0.0),
               Stage("math", 2, {"arithmetic": 0.5, REFINE_POOL: 0.25, "facts-synthetic": 0.25}, batch_size=4,
                     warmup=1, think_iters_min=1, think_iters_max=3)]
-    return ReproducePlan(RMTConfig(**TINY), stages, facts={"n_entities": 20, "n_validation": 10},
+    return ReproducePlan(RMTConfig.from_dict(TINY), stages, facts={"n_entities": 20, "n_validation": 10},
                          arithmetic={"n_train": 300, "max_steps": 2, "n_test": 20, "n_validation": 10},
                          eval_max_steps=3, n_knowledge_eval=6, n_math_eval=6, n_extrapolation_per_steps=2,
                          think_iters_eval=(1, 2, 4), refine_rounds=1, n_refine_eval=4, n_router_timing=1,
@@ -249,7 +249,7 @@ def test_eval_and_generate_commands_take_test_time_compute_flags(tmp_path, capsy
     from rmt.cli import main
 
     torch.manual_seed(0)
-    save_model(RMT(RMTConfig(**TINY)), tmp_path / "ckpt", ByteTokenizer())
+    save_model(RMT(RMTConfig.from_dict(TINY)), tmp_path / "ckpt", ByteTokenizer())
     assert main(["eval", "--task", "arithmetic", "--checkpoint", str(tmp_path / "ckpt"), "--limit", "6",
                  "--think-iters", "3", "--refine-rounds", "1", "--max-gen-toks", "4", "--out", str(tmp_path / "ev")]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

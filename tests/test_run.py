@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from rmt.cli import main
-from rmt.config import ConfigError
+from rmt.model.config import ConfigError
 from rmt.training.run import RunConfig
 
 CONFIG = """
@@ -154,7 +154,7 @@ def test_checkpoint_from_another_config_is_refused(config_file, tmp_path, capsys
     out = tmp_path / "run"
     main(["train", "--config", str(config_file), "--out", str(out), "--max-steps", "5", "--no-progress"])
     cfg = json.loads((out / "run_config.json").read_text())
-    cfg["model"]["think_iters"] = 3
+    cfg["model"]["core"]["iters"] = 3
     (out / "run_config.json").write_text(json.dumps(cfg))
     assert main(["train", "--resume", str(out), "--no-progress"]) == 2
     assert "another model config" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rmt.scan import scan_chunked, scan_reference, scan_step
+from rmt.model.scan import scan_chunked, scan_reference, scan_step
 
 
 def _inputs(b, t, h, p, n, seed=0):

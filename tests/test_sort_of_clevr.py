@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from rmt.cli import main
-from rmt.config import ConfigError, RMTConfig
-from rmt.memory import SoftmaxMemoryBank, softmax_attention_reference
-from rmt.model import RMT, loss_fn
+from rmt.model import RMT, ConfigError, RMTConfig, loss_fn
+from rmt.model.memory import SoftmaxMemoryBank
 from rmt.tasks import get_task
-from rmt.tasks.sort_of_clevr import (ANSWERS, COLORS, QUESTIONS, RGB, SortOfClevrConfig, answer, generate, stamps)
+from rmt.tasks.sort_of_clevr import (ANSWERS, COLORS, QUESTIONS, RGB, ImageBank, SortOfClevrConfig, answer, generate,
+                                     stamps)
+from tests.oracles import softmax_attention_reference
 
 SMALL = dict(n_train=300, n_validation=20, n_test=20, cache=False)
 
@@ -179,92 +180,99 @@ def test_softmax_bank_can_pick_one_entry_and_records_weights():
 
 
 def test_linear_read_with_several_heads_is_refused():
-    with pytest.raises(ConfigError, match="explicit_heads"):
-        RMTConfig(explicit_heads=4)
+    with pytest.raises(ConfigError, match=r"model\.bank\.heads"):
+        RMTConfig(bank={"heads": 4})
 
 
 # ------------------------------------------------------------------------------------------------ model
-VISION = dict(d_model=32, ssm_head_dim=16, ssm_chunk=16, memory=False, n_prelude=1, n_coda=1, explicit_read="softmax",
-              explicit_heads=2, explicit_d_key=16, vision=True, vision_channels=8, core_reads_memory=True,
-              think_iters=2)
+VISION = dict(d_model=32, n_prelude=1, n_coda=1, ssm={"head_dim": 16, "chunk": 16}, product_keys={"enabled": False},
+              bank={"read": "softmax", "heads": 2, "d_key": 16}, reader={"core_reads": True},
+              vision={"enabled": True, "channels": 8}, core={"iters": 2})
+
+
+def vision_config(**changes) -> RMTConfig:
+    """VISION with some sections changed (partial dicts are merged into the section)."""
+    return RMTConfig.from_dict(VISION).replace(**changes)
 
 
 def test_vision_config_round_trips_and_defaults_stay_off(tmp_path):
-    cfg = RMTConfig(**VISION)
+    cfg = vision_config()
     assert RMTConfig.from_toml(cfg.to_toml()) == cfg
     cfg.to_json(tmp_path / "c.json")
     assert RMTConfig.from_json(tmp_path / "c.json") == cfg
     default = RMTConfig()
-    assert not default.vision and not default.core_reads_memory and default.explicit_read == "linear"
-    with pytest.raises(ConfigError, match="vision_patch"):
-        RMTConfig(**{**VISION, "vision_patch": 4})
+    assert not default.vision.enabled and not default.reader.core_reads and default.bank.read == "linear"
+    with pytest.raises(ConfigError, match=r"model\.vision\.patch"):
+        vision_config(vision={"patch": 4})
 
 
-@pytest.mark.parametrize("options", [{}, {"vision_stem": "conv", "vision_conv_layers": 3, "memory_query_conv": 6,
-                                          "explicit_sink": True}, {"vision_stem": "pool", "vision_conv_layers": 3},
-                                     {"memory_query_ema": 16}, {"memory_query_ema": 8, "memory_query_conv": 4},
-                                     {"memory_query_ema": 64, "memory_query_state": False}])
+@pytest.mark.parametrize("options", [{}, {"vision": {"stem": "conv", "conv_layers": 3}, "reader": {"query_conv": 6},
+                                          "bank": {"sink": True}}, {"vision": {"stem": "pool", "conv_layers": 3}},
+                                     {"reader": {"query_ema": 16}}, {"reader": {"query_ema": 8, "query_conv": 4}},
+                                     {"reader": {"query_ema": 64, "query_state": False}}])
 def test_image_model_decodes_token_by_token_like_the_full_forward(options):
     torch.manual_seed(0)
-    model = RMT(RMTConfig(**VISION, **options)).eval()
+    model = RMT(vision_config(**options)).eval()
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
     idx = torch.randint(0, 256, (2, 12))
-    bank = model.image_memory_bank(images)
+    bank, _ = model.image_bank(images)
     with torch.no_grad():
         full = model(idx, explicit_bank=bank).logits
-        assert torch.allclose(model(idx, images=images).logits, full)
+        assert torch.allclose(model(idx, explicit_bank=ImageBank(images)).logits, full)
         logits, _, cache = model.prefill(idx[:, :8], explicit_bank=bank)
         assert torch.allclose(logits, full[:, 7], atol=1e-5)
         for t in range(8, 12):
             logits, _, cache = model.step(idx[:, t], cache)
             assert torch.allclose(logits, full[:, t], atol=1e-4)
         # the picture matters with memory on and is never looked at with memory off
-        other = model(idx, images=images.flip(0)).logits
+        other = model(idx, explicit_bank=ImageBank(images.flip(0))).logits
         assert not torch.allclose(other, full)
-        assert torch.equal(model(idx, images=images, memory=False).logits, model(idx, memory=False).logits)
+        assert torch.equal(model(idx, explicit_bank=ImageBank(images), memory=False).logits,
+                           model(idx, memory=False).logits)
 
 
 def test_query_decayed_sum_is_the_recurrence_it_claims():
-    """memory_query_ema: the term added to the queries is s_t = lambda s_{t-1} + sqrt(1 - lambda^2) e_t over the
+    """reader.query_ema: the term added to the queries is s_t = lambda s_{t-1} + sqrt(1 - lambda^2) e_t over the
     query byte embeddings, lambda per group of channels (learned, all starting at the configured time constant),
     whatever the sequence's length against the scan's chunk."""
     torch.manual_seed(0)
-    model = RMT(RMTConfig(**{**VISION, "ssm_chunk": 8, "memory_query_ema": 40}))
-    lam = torch.sigmoid(model.query_ema_logit.detach())
+    model = RMT(vision_config(ssm={"chunk": 8}, reader={"query_ema": 40}))
+    reader = model.reader
+    lam = torch.sigmoid(reader.ema_logit.detach())
     tau = -1 / lam.log()  # lambda = exp(-1 / tau)
     assert torch.allclose(tau, torch.full_like(tau, 40.0))
     with torch.no_grad():  # groups with different decays, as after training
-        model.query_ema_logit.copy_(torch.linspace(-1.0, 4.0, len(lam)))
-    lam = torch.sigmoid(model.query_ema_logit.detach())
+        reader.ema_logit.copy_(torch.linspace(-1.0, 4.0, len(lam)))
+    lam = torch.sigmoid(reader.ema_logit.detach())
     idx = torch.randint(0, 256, (3, 21))
-    term, tail, ema = model._query_tokens(idx, model.embed(idx))
-    assert tail is None
+    term, state = reader.token_terms(idx, model.embed(idx))
+    assert state.tail is None
     lam_c = lam.repeat_interleave(model.config.d_model // len(lam))  # per channel
-    e = model.query_embed(idx)
+    e = reader.ema_embed(idx)
     s = torch.zeros(3, model.config.d_model)
     for t in range(21):
         s = lam_c * s + (1 - lam_c ** 2).sqrt() * e[:, t]
         assert torch.allclose(term[:, t], s, atol=1e-4)
-    assert torch.allclose(ema, s, atol=1e-4)
-    with pytest.raises(ConfigError, match="memory_query_ema"):
-        RMTConfig(**VISION, memory_query_ema=1)
-    with pytest.raises(ConfigError, match="memory_query_state"):
-        RMTConfig(**VISION, memory_query_state=False)
+    assert torch.allclose(state.ema, s, atol=1e-4)
+    with pytest.raises(ConfigError, match=r"model\.reader\.query_ema"):
+        vision_config(reader={"query_ema": 1})
+    with pytest.raises(ConfigError, match=r"model\.reader\.query_state"):
+        vision_config(reader={"query_state": False})
 
 
 def test_query_without_the_state_reads_with_the_token_terms_only():
-    """memory_query_state = false: the prelude read's query is the bag alone, so a change of the prelude's weights
+    """reader.query_state = false: the prelude read's query is the bag alone, so a change of the prelude's state
     leaves every read (and so the bank's attention) unchanged."""
     torch.manual_seed(0)
-    model = RMT(RMTConfig(**{**VISION, "memory_query_ema": 16, "memory_query_state": False})).eval()
+    model = RMT(vision_config(reader={"query_ema": 16, "query_state": False})).eval()
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
     idx = torch.randint(0, 256, (2, 9))
     h = torch.randn(2, 9, model.config.d_model)
-    bank = model.image_memory_bank(images)
-    qtok = model._query_tokens(idx, model.embed(idx))[0]
+    bank, _ = model.image_bank(images)
+    terms, _ = model.reader.token_terms(idx, model.embed(idx))
     with torch.no_grad():
-        assert torch.allclose(model._memory_read(h, bank, qtok)[0], model._memory_read(h * 3 + 1, bank, qtok)[0])
-        assert torch.allclose(model._memory_read(h, bank, qtok)[0], model.explicit(qtok, bank))
+        assert torch.allclose(model.reader.read(h, terms, bank), model.reader.read(h * 3 + 1, terms, bank))
+        assert torch.allclose(model.reader.read(h, terms, bank), model.reader.bank(terms, bank))
 
 
 def test_sink_read_is_a_read_with_one_more_zero_entry():
@@ -288,22 +296,22 @@ def test_sink_read_is_a_read_with_one_more_zero_entry():
 
 @pytest.mark.parametrize("stem,layers,grid", [("patch", 0, 5), ("conv", 3, 10), ("conv", 4, 5), ("pool", 3, 9)])
 def test_image_stems_and_their_grids(stem, layers, grid):
-    cfg = RMTConfig(**{**VISION, "vision_patch": 15, "vision_stem": stem, "vision_conv_layers": max(layers, 1)})
+    cfg = vision_config(vision={"patch": 15, "stem": stem, "conv_layers": max(layers, 1)})
     model = RMT(cfg)
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
-    assert model.vision.grid == grid and model.encode_image(images).shape == (2, grid * grid, cfg.d_model)
-    with pytest.raises(ConfigError, match="vision_stem"):
-        RMTConfig(**{**VISION, "vision_stem": "vit"})
+    assert model.vision.grid == grid and model.vision(images).shape == (2, grid * grid, cfg.d_model)
+    with pytest.raises(ConfigError, match=r"model\.vision\.stem"):
+        vision_config(vision={"stem": "vit"})
 
 
 def test_image_keys_start_from_what_a_patch_shows_not_where_it_is():
     torch.manual_seed(0)
-    model = RMT(RMTConfig(**VISION))
+    model = RMT(vision_config())
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
     key_inputs, entries = model.vision.encode(images)
-    assert torch.equal(entries, model.encode_image(images))
-    bank = model.image_memory_bank(images)
-    assert torch.allclose(bank.keys, model.explicit.key_proj(key_inputs))
+    assert torch.equal(entries, model.vision(images))
+    bank, _ = model.image_bank(images)
+    assert torch.allclose(bank.keys, model.reader.bank.key_proj(key_inputs))
     # at initialisation the position reaches the values but not the keys (key_position starts at zero)
     assert model.vision.key_position.weight.abs().max() == 0
     with torch.no_grad():
@@ -314,20 +322,19 @@ def test_image_keys_start_from_what_a_patch_shows_not_where_it_is():
 
 def test_gradients_reach_the_image_encoder_and_the_core_query():
     torch.manual_seed(0)
-    model = RMT(RMTConfig(**VISION))
+    model = RMT(vision_config())
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
-    out = model(torch.randint(0, 256, (2, 10)), images=images)
+    out = model(torch.randint(0, 256, (2, 10)), explicit_bank=ImageBank(images))
     out.logits.sum().backward()
     assert model.vision.patchify.weight.grad.abs().sum() > 0
     assert model.vision.key_position.weight.grad.abs().sum() > 0  # zero at the start, but it learns
-    assert model.core_query.weight.grad.abs().sum() > 0
+    assert model.reader.core_query.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("stem,layers", [("conv", 3), ("patch", 1), ("pool", 3)])
 def test_reconstruction_loss_is_the_per_pixel_error_of_each_cell(stem, layers):
     torch.manual_seed(0)
-    cfg = RMTConfig(**{**VISION, "vision_patch": 15, "vision_stem": stem, "vision_conv_layers": layers,
-                       "vision_recon": 0.5})
+    cfg = vision_config(vision={"patch": 15, "stem": stem, "conv_layers": layers, "recon": 0.5})
     enc = RMT(cfg).vision
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
     entries = torch.randn(2, enc.num_patches, cfg.d_model)
@@ -346,86 +353,34 @@ def test_reconstruction_loss_is_the_per_pixel_error_of_each_cell(stem, layers):
 
 def test_reconstruction_loss_enters_training_only():
     torch.manual_seed(0)
-    model = RMT(RMTConfig(**{**VISION, "vision_recon": 2.0}))
+    model = RMT(vision_config(vision={"recon": 2.0}))
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
     idx = torch.randint(0, 256, (2, 10))
     targets = torch.randint(0, 256, (2, 10))
-    out = model(idx, images=images)
+    out = model(idx, explicit_bank=ImageBank(images))
     _, entries = model.vision.encode(images)
-    assert torch.allclose(out.recon_loss, 2.0 * model.vision.reconstruction_loss(images, entries))
+    recon = out.aux_losses["vision_recon"]
+    assert torch.allclose(recon, 2.0 * model.vision.reconstruction_loss(images, entries))
     total, lm = loss_fn(out, targets)
-    assert torch.allclose(total - lm, out.recon_loss)
+    assert torch.allclose(total - lm, recon)
     total.backward()
     assert model.vision.recon.weight.grad.abs().sum() > 0 and model.vision.patchify.weight.grad.abs().sum() > 0
-    assert model(idx, images=images, memory=False).recon_loss is None  # the picture is not even encoded
-    assert model.eval()(idx, images=images).recon_loss is None
-    assert RMT(RMTConfig(**VISION)).vision.recon is None  # off by default: no decoder, no checkpoint entry
+    assert model(idx, explicit_bank=ImageBank(images), memory=False).aux_losses is None  # not even encoded
+    assert model.eval()(idx, explicit_bank=ImageBank(images)).aux_losses is None
+    assert RMT(vision_config()).vision.recon is None  # off by default: no decoder, no checkpoint entry
     with pytest.raises(ValueError, match="reconstruction head"):
-        RMT(RMTConfig(**VISION)).vision.reconstruction_loss(images, entries)
-    for bad, match in [({**VISION, "vision_recon": -1.0}, "vision_recon"),
-                       ({**VISION, "vision_recon": float("nan")}, "vision_recon"),
-                       ({"vision_recon": 1.0}, "needs vision")]:
+        RMT(vision_config()).vision.reconstruction_loss(images, entries)
+    for bad, match in [(vision_config().to_dict() | {"vision": {"enabled": True, "recon": -1.0}}, "vision.recon"),
+                       (vision_config().to_dict() | {"vision": {"enabled": True, "recon": float("nan")}}, "vision.recon"),
+                       ({"vision": {"recon": 1.0}}, "needs vision.enabled")]:
         with pytest.raises(ConfigError, match=match):
-            RMTConfig(**bad)
-
-
-def test_bank_focus_and_distance_bias():
-    torch.manual_seed(0)
-    bank = SoftmaxMemoryBank(d_key=4, d_value=6, heads=2)
-    positions = torch.tensor([[[-1.0, -1.0], [0.0, 0.0], [1.0, 0.5], [0.9, 0.9]]])
-    bank.write(torch.zeros(1, 4, 4), torch.randn(1, 4, 6), positions=positions)
-    # a read that put all its weight on entry 2 (both heads) looked at entry 2's position
-    onehot = torch.zeros(1, 1, 2, 4)
-    onehot[..., 2] = 1.0
-    assert torch.allclose(bank.focus(onehot), positions[:, 2:3])
-    focus = torch.tensor([[[1.0, 1.0]]])
-    d2 = bank.distance2(focus)
-    assert torch.allclose(d2, ((positions - focus) ** 2).sum(-1).unsqueeze(1))
-    # equal keys: the bias alone decides -- a large positive beta picks the nearest entry, a negative one the
-    # furthest, and the weights come back per head
-    for beta, expected in [(50.0, 3), (-50.0, 0)]:
-        bias = (-beta * d2).unsqueeze(2).expand(1, 1, 2, 4)
-        _, weights = bank.read(torch.randn(1, 1, 4), bias=bias, return_weights=True)
-        assert weights.shape == (1, 1, 2, 4) and bool((weights[0, 0, :, expected] > 0.99).all())
-    with pytest.raises(ValueError, match="positions"):
-        bank.write(torch.zeros(1, 1, 4), torch.zeros(1, 1, 6))  # this bank's writes carry positions
-    with pytest.raises(ValueError, match="no positions"):
-        SoftmaxMemoryBank(4, 6).focus(onehot)
-
-
-def test_core_read_distance_decodes_like_the_forward_and_learns():
-    torch.manual_seed(0)
-    cfg = RMTConfig(**{**VISION, "core_read_distance": True, "explicit_sink": True})
-    model = RMT(cfg)
-    assert model.core_distance.weight.abs().max() == 0  # starts as a plain content read
-    images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
-    idx = torch.randint(0, 256, (2, 12))
-    model(idx, images=images).logits.sum().backward()
-    assert model.core_distance.weight.grad.abs().sum() > 0
-    bank = model.image_memory_bank(images)
-    assert torch.allclose(bank.positions[0], model.vision.coords[:, :2])
-    torch.nn.init.normal_(model.core_distance.weight)
-    model.eval()
-    with torch.no_grad():
-        full = model(idx, explicit_bank=bank).logits
-        logits, _, cache = model.prefill(idx[:, :8], explicit_bank=bank)
-        assert torch.allclose(logits, full[:, 7], atol=1e-5)
-        for t in range(8, 12):
-            logits, _, cache = model.step(idx[:, t], cache)
-            assert torch.allclose(logits, full[:, t], atol=1e-4)
-        # the distance term is live: without it the core reads (and the logits) differ
-        torch.nn.init.zeros_(model.core_distance.weight)
-        torch.nn.init.zeros_(model.core_distance.bias)
-        assert not torch.allclose(model(idx, explicit_bank=bank).logits, full)
-    for bad in [{"core_reads_memory": False}, {"vision": False}]:
-        with pytest.raises(ConfigError, match="core_read_distance"):
-            RMTConfig(**{**VISION, "core_read_distance": True, **bad})
+            RMTConfig.from_dict(bad)
 
 
 # ------------------------------------------------------------------------------------------------ training
 def test_rmt_train_ends_with_the_visual_report(tmp_path, monkeypatch):
     monkeypatch.setenv("RMT_CACHE_DIR", str(tmp_path / "cache"))
-    model = "\n".join(f"{k} = {json.dumps(v)}" for k, v in VISION.items())
+    model = vision_config().to_toml().replace("\n[", "\n[model.")
     config = tmp_path / "soc.toml"
     config.write_text(f"""
 seed = 1
@@ -462,7 +417,8 @@ def test_image_task_needs_a_vision_model(tmp_path, monkeypatch):
     config.write_text("""
 [model]
 d_model = 32
-ssm_head_dim = 16
+[model.ssm]
+head_dim = 16
 [tasks.sort-of-clevr]
 n_train = 5
 n_validation = 1

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from rmt.config import ConfigError, RMTConfig
-from rmt.demo import DemoPlan, format_table, run_demo
+from rmt.model.config import ConfigError, RMTConfig
+from rmt.harness.demo import DemoPlan, format_table, run_demo
 from rmt.model import RMT
 from rmt.tasks import Example
 from rmt.tokenizer import ByteTokenizer
@@ -12,8 +12,8 @@ from rmt.training import Stage, Trainer
 from rmt.training.batches import collate, encode_example
 from rmt.training.trainer import NonFiniteLoss, lr_at, param_groups
 
-TINY = dict(d_model=32, ssm_head_dim=16, ssm_chunk=16, mem_n_keys=8, mem_heads=2, mem_topk=4, mem_d_key=16,
-            explicit_d_key=16, think_iters=2, n_prelude=1, n_coda=1)
+TINY = dict(d_model=32, n_prelude=1, n_coda=1, ssm={"head_dim": 16, "chunk": 16},
+            product_keys={"n_keys": 8, "heads": 2, "topk": 4, "d_key": 16}, bank={"d_key": 16}, core={"iters": 2})
 
 
 def _pools():
@@ -37,7 +37,7 @@ def test_qa_rows_score_only_the_answer():
 def test_training_reduces_the_loss_and_is_deterministic():
     def run():
         torch.manual_seed(0)
-        model = RMT(RMTConfig(**TINY))
+        model = RMT(RMTConfig.from_dict(TINY))
         tr = Trainer(model, ByteTokenizer(), _pools(), seed=3, progress=False, log_every=10)
         tr.run_stage(Stage("s", 60, {"qa": 1.0, "text": 1.0}, batch_size=8, lr=1e-2, warmup=5,
                            think_iters_min=1, think_iters_max=2))
@@ -51,21 +51,21 @@ def test_training_reduces_the_loss_and_is_deterministic():
 
 def test_frozen_parts_do_not_move_and_memory_values_get_their_own_group():
     torch.manual_seed(0)
-    model = RMT(RMTConfig(**TINY))
+    model = RMT(RMTConfig.from_dict(TINY))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     stage = Stage("s", 5, {"qa": 1.0}, batch_size=4, frozen=["prelude", "router"], memory_lr_mult=7.0)
     groups = param_groups(model, stage)
-    values = model.memory.values.weight
+    values = model.reader.product_keys.values.weight
     assert [g["lr_mult"] for g in groups if any(p is values for p in g["params"])] == [7.0]
     Trainer(model, ByteTokenizer(), _pools(), progress=False).run_stage(stage)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("prelude", "router")))
-    assert not torch.equal(before["memory.values.weight"], after["memory.values.weight"])
+    assert not torch.equal(before["reader.product_keys.values.weight"], after["reader.product_keys.values.weight"])
 
 
 def test_nan_loss_steps_are_skipped_then_the_run_stops(monkeypatch):
     torch.manual_seed(0)
-    model = RMT(RMTConfig(**TINY))
+    model = RMT(RMTConfig.from_dict(TINY))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     import rmt.training.trainer as trainer_mod
 
@@ -115,7 +115,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
     """A micro version of `rmt demo`: the real tasks, trainer, evaluation and report, a few steps each."""
     stages = [Stage("facts", 4, {"facts-synthetic": 1.0}, batch_size=8, frozen=["router"]),
               Stage("math", 4, {"arithmetic": 0.75, "facts-synthetic": 0.25}, batch_size=8)]
-    plan = DemoPlan(RMTConfig(**TINY), stages, n_knowledge_eval=20, n_math_eval=20,
+    plan = DemoPlan(RMTConfig.from_dict(TINY), stages, n_knowledge_eval=20, n_math_eval=20,
                     arithmetic={"n_train": 2000, "n_validation": 20, "n_test": 100},
                     facts={"n_entities": 60})
     report = run_demo(seed=1, out=tmp_path, plan=plan, progress=False)

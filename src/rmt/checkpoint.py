@@ -18,9 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rmt.config import ConfigError, RMTConfig
 from rmt.errors import RMTError
-from rmt.model import RMT
+from rmt.model import RMT, ConfigError, RMTConfig, migrate_state_dict
 from rmt.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -65,7 +64,8 @@ def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[RMT, T
     except ConfigError as e:
         raise CheckpointError(f"{d / 'config.json'}: {e}") from None
     try:
-        tensors = load_file(str(d / "model.safetensors"), device=map_location)
+        # weights saved before the memory reader owned the memories carry the old names
+        tensors = migrate_state_dict(load_file(str(d / "model.safetensors"), device=map_location))
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as e:
         raise CheckpointError(f"{d / 'model.safetensors'}: corrupt or truncated ({e})") from None
     model = RMT(config)
@@ -141,3 +141,16 @@ def _jsonable(x):
     if isinstance(x, dict):
         return {k: _jsonable(v) for k, v in x.items()}
     return x
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """The checkpoint folder for `run`: the folder itself when it holds model.safetensors + config.json, else
+    RUN/checkpoint (what `rmt demo` writes) or RUN/checkpoints/latest (what `rmt train` writes)."""
+    run = Path(run)
+    for candidate in (run, run / "checkpoint", run / "checkpoints" / "latest"):
+        if (candidate / "model.safetensors").is_file() and (candidate / "config.json").is_file():
+            return candidate
+    if not run.exists():
+        raise FileNotFoundError(f"{run}: no such run or checkpoint folder")
+    raise FileNotFoundError(f"{run}: no checkpoint found (looked for model.safetensors + config.json in {run}, "
+                            f"{run / 'checkpoint'} and {run / 'checkpoints' / 'latest'})")

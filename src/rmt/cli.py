@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from rmt.config import ConfigError
+from rmt.model.config import ConfigError
 from rmt.errors import RMTError
 
 ERROR = 2  # exit status of every reported error (argparse uses 2 for bad arguments)
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmt", description="Recurrent Memory Transformer")
     sub = parser.add_subparsers(dest="command", required=True)
     # Imported lazily so `rmt --help` stays fast and one broken sub-command cannot hide the others.
-    from rmt import bench, demo, generate, report, reproduce
+    from rmt.evaluation import generate, report
+    from rmt.harness import bench, demo, reproduce
     from rmt.tasks import commands as task_commands
     from rmt.training import commands as training_commands
 

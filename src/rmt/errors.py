@@ -10,8 +10,8 @@ its traceback. A message names the input (file, argument or folder), what was ex
                              it cannot be created or written (read-only, disk full)
         RunLockedError       another live process is writing the folder (names its pid)
 
-Older error types predate this module and keep their own bases (`rmt.config.ConfigError` is a ValueError);
-the command line reports them the same way (see `rmt.cli.REPORTED`).
+`rmt.model.ConfigError` is one of them too (and a ValueError, as it always was); the command line reports them
+all the same way (see `rmt.cli.REPORTED`).
 """
 
 from __future__ import annotations

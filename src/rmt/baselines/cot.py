@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rmt.baselines.gpt import GPT, GPTConfig
-from rmt.evaluate import QAResult, accuracy_by, decode_answer, length_batches
+from rmt.evaluation.evaluate import QAResult, accuracy_by, decode_answer, length_batches
 from rmt.tasks import Example
 from rmt.tasks.scoring import GSM8K_STRICT, INVALID, exact_match, regex_extract
 from rmt.tokenizer import Tokenizer

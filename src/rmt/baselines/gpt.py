@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmt.config import ConfigError
+from rmt.model.config import ConfigError
 
 
 @dataclass

@@ -32,16 +32,3 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
             f"{purpose} needs the Python package {module.split('.')[0]!r}, which is not installed ({e}). "
             f"Install it with: pip install 'rmt[{extra}]'  (or: pip install -e '.[{extra}]' in a checkout)"
         ) from None
-
-
-def find_checkpoint(run: str | Path) -> Path:
-    """The checkpoint folder for `run`: the folder itself when it holds model.safetensors + config.json, else
-    RUN/checkpoint (what `rmt demo` writes) or RUN/checkpoints/latest (what `rmt train` writes)."""
-    run = Path(run)
-    for candidate in (run, run / "checkpoint", run / "checkpoints" / "latest"):
-        if (candidate / "model.safetensors").is_file() and (candidate / "config.json").is_file():
-            return candidate
-    if not run.exists():
-        raise FileNotFoundError(f"{run}: no such run or checkpoint folder")
-    raise FileNotFoundError(f"{run}: no checkpoint found (looked for model.safetensors + config.json in {run}, "
-                            f"{run / 'checkpoint'} and {run / 'checkpoints' / 'latest'})")

@@ -40,7 +40,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     if args.task:
-        from rmt.generate import eval_task
+        from rmt.evaluation.generate import eval_task
 
         return eval_task(args)
     if args.refine_rounds:
@@ -81,7 +81,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _memory_build(args: argparse.Namespace) -> int:
     from rmt.checkpoint import load_model
-    from rmt.integrations import find_checkpoint
+    from rmt.checkpoint import find_checkpoint
     from rmt.integrations.faiss_bank import IndexSpec, build_bank, read_facts
     from rmt.tokenizer import ByteTokenizer
 

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from rmt.integrations import require
-from rmt.memory import feature_map
+from rmt.model.memory import feature_map
 from rmt.model import RMT
 from rmt.tokenizer import Tokenizer
 
@@ -142,10 +142,10 @@ def exact_top1(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 def model_fingerprint(model: RMT) -> str:
     """sha256 of the explicit read's projections: a bank is only meaningful for the model that encoded it."""
-    if model.explicit is None:
-        raise ValueError("this model was built with explicit_memory = false: it has no explicit memory to fill")
+    if model.reader.bank is None:
+        raise ValueError("this model was built with bank.enabled = false: it has no explicit memory to fill")
     h = hashlib.sha256()
-    for name, p in sorted(model.explicit.state_dict().items()):
+    for name, p in sorted(model.reader.bank.state_dict().items()):
         h.update(name.encode())
         h.update(p.detach().cpu().float().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
@@ -200,8 +200,8 @@ def encode_facts(model: RMT, tok: Tokenizer, texts: list[str], batch_size: int =
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Fact texts -> (phi(keys) (N, d_key), values (N, d_value)) float32, via `RMT.encode_text` and the explicit
     read's key/value projections (what `RMT.write_memory` would write)."""
-    if model.explicit is None:
-        raise ValueError("this model was built with explicit_memory = false: it has no explicit memory to fill")
+    if model.reader.bank is None:
+        raise ValueError("this model was built with bank.enabled = false: it has no explicit memory to fill")
     model.eval()
     device = next(model.parameters()).device
     encoded = [tok.encode(t) for t in texts]
@@ -209,8 +209,8 @@ def encode_facts(model: RMT, tok: Tokenizer, texts: list[str], batch_size: int =
     if empty:
         raise ValueError(f"fact {empty[0] + 1} is empty; every line of the facts file must hold a fact")
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch: less padding
-    keys = np.empty((len(texts), model.explicit.d_key), dtype=np.float32)
-    values = np.empty((len(texts), model.explicit.d_value), dtype=np.float32)
+    keys = np.empty((len(texts), model.reader.bank.d_key), dtype=np.float32)
+    values = np.empty((len(texts), model.reader.bank.d_value), dtype=np.float32)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         lengths = torch.tensor([len(encoded[i]) for i in rows])
@@ -219,7 +219,7 @@ def encode_facts(model: RMT, tok: Tokenizer, texts: list[str], batch_size: int =
         for r, i in enumerate(rows):
             idx[r, : lengths[r]] = torch.tensor(encoded[i])
         e = model.encode_text(idx.to(device), lengths.to(device))  # (b, d_model)
-        k, v = model.explicit.encode_entries(e)
+        k, v = model.reader.bank.encode_entries(e)
         keys[rows] = feature_map(k.float()).cpu().numpy()
         values[rows] = v.float().cpu().numpy()
     return keys, values
@@ -289,11 +289,11 @@ def synthetic_bank(model: RMT, n: int, seed: int, chunk: int = 100_000) -> tuple
     """phi(keys) (n, d_key) and values (n, d_value) from n random entry embeddings pushed through the model's own
     explicit-read projections: the key distribution the index sees in use, without encoding n texts."""
     gen = torch.Generator().manual_seed(seed)
-    keys = np.empty((n, model.explicit.d_key), dtype=np.float32)
-    values = np.empty((n, model.explicit.d_value), dtype=np.float32)
+    keys = np.empty((n, model.reader.bank.d_key), dtype=np.float32)
+    values = np.empty((n, model.reader.bank.d_value), dtype=np.float32)
     for start in range(0, n, chunk):
         e = torch.randn(min(chunk, n - start), model.config.d_model, generator=gen)
-        k, v = model.explicit.encode_entries(e)
+        k, v = model.reader.bank.encode_entries(e)
         keys[start:start + len(e)] = feature_map(k).numpy()
         values[start:start + len(e)] = v.numpy()
     return keys, values
@@ -303,7 +303,7 @@ def synthetic_bank(model: RMT, n: int, seed: int, chunk: int = 100_000) -> tuple
 def synthetic_queries(model: RMT, n: int, seed: int) -> Tensor:
     """Queries (n, d_key), before the feature map, from random hidden states through the read's query projection."""
     gen = torch.Generator().manual_seed(seed)
-    return model.explicit.query_proj(torch.randn(n, model.config.d_model, generator=gen))
+    return model.reader.bank.query_proj(torch.randn(n, model.config.d_model, generator=gen))
 
 
 def top1_agreement(keys: np.ndarray, queries: np.ndarray, spec: IndexSpec, seed: int = 0) -> dict[str, float]:
@@ -328,12 +328,12 @@ def bench_faiss(quick: bool = False, seed: int = 0) -> dict[str, Any]:
         _faiss()
     except ImportError as e:
         return {"skipped": str(e)}
-    from rmt.config import RMTConfig
+    from rmt.model.config import RMTConfig
 
     torch.manual_seed(seed)
     model = RMT(RMTConfig()).eval()
     spec = IndexSpec(kind="ivf")
-    res: dict[str, Any] = {"index": asdict(spec), "d_key": model.explicit.d_key, "threads": torch.get_num_threads()}
+    res: dict[str, Any] = {"index": asdict(spec), "d_key": model.reader.bank.d_key, "threads": torch.get_num_threads()}
     n_agree, n_big, n_queries = (20_000, 20_000, 500) if quick else (100_000, 1_000_000, 2_000)
     raw = synthetic_queries(model, n_queries, seed + 1)
     queries = feature_map(raw).numpy()

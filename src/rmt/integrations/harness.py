@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from rmt.integrations import find_checkpoint, require
+from rmt.checkpoint import find_checkpoint
+from rmt.integrations import require
 
 lm_eval = require("lm_eval", "eval", "The lm-evaluation-harness integration (rmt.integrations.harness)")
 

@@ -56,7 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rmt.integrations import find_checkpoint, require
+from rmt.checkpoint import find_checkpoint
+from rmt.integrations import require
 
 if TYPE_CHECKING:
     import tokenizers
@@ -67,7 +68,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, Pret
 from transformers.utils import ModelOutput  # noqa: E402
 
 from rmt.checkpoint import load_model  # noqa: E402
-from rmt.config import RMTConfig  # noqa: E402
+from rmt.model.config import FLAT_ONLY_KEYS, RMTConfig, migrate_flat  # noqa: E402
 from rmt.model import RMT, Cache  # noqa: E402
 from rmt.tokenizer import BPE_FILE, PAD_TOKEN, BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer  # noqa: E402
 
@@ -98,7 +99,7 @@ _RMT_FIELDS = [f.name for f in dataclasses.fields(RMTConfig)]
 
 
 class RMTHFConfig(PretrainedConfig):
-    """Every `RMTConfig` field as an attribute of a transformers config (model_type "rmt").
+    """Every `RMTConfig` field as an attribute of a transformers config (model_type "rmt"); a section is a dict.
 
     Unknown fields are left to `PretrainedConfig` (which keeps generation defaults such as eos_token_id);
     the RMT fields are checked by `RMTConfig.validate` when the config is built, so a bad value fails here,
@@ -109,9 +110,13 @@ class RMTHFConfig(PretrainedConfig):
     model_type = MODEL_TYPE
 
     def __init__(self, **kwargs: Any) -> None:
-        defaults = RMTConfig().to_dict()
-        rmt_fields = {name: kwargs.pop(name, defaults[name]) for name in _RMT_FIELDS}
-        RMTConfig(**rmt_fields)  # validates: raises ConfigError naming the field
+        # A folder exported before the config was nested has the flat keys (mem_n_keys, think_iters, ...).
+        legacy = {k: kwargs.pop(k) for k in list(kwargs) if k in FLAT_ONLY_KEYS
+                  or (k == "vision" and not isinstance(kwargs[k], dict))}
+        for section, values in migrate_flat(legacy).items():
+            kwargs[section] = {**kwargs.get(section, {}), **values} if isinstance(values, dict) else values
+        given = {name: kwargs.pop(name) for name in _RMT_FIELDS if name in kwargs}
+        rmt_fields = RMTConfig.from_dict(given).to_dict()  # validates: raises ConfigError naming the field
         for name, value in rmt_fields.items():
             setattr(self, name, value)
         kwargs.setdefault("pad_token_id", rmt_fields["pad_id"])
@@ -132,7 +137,7 @@ class RMTHFConfig(PretrainedConfig):
         to point at the copy. RMT's folders carry the shims instead, which import the installed package."""
 
     def to_rmt_config(self) -> RMTConfig:
-        return RMTConfig(**{name: getattr(self, name) for name in _RMT_FIELDS})
+        return RMTConfig.from_dict({name: getattr(self, name) for name in _RMT_FIELDS})
 
     @classmethod
     def from_rmt_config(cls, config: RMTConfig, **kwargs: Any) -> "RMTHFConfig":
@@ -264,7 +269,7 @@ class RMTForCausalLM(PreTrainedModel, GenerationMixin):
 def _restore_buffers(module: torch.nn.Module) -> None:
     """Rebuild the product-key memory's candidate-pair tables (a pure function of topk, kept out of checkpoints)
     on the module's device; any other module is left alone."""
-    from rmt.memory import ProductKeyMemory
+    from rmt.model.memory import ProductKeyMemory
 
     if isinstance(module, ProductKeyMemory):
         k = module.topk

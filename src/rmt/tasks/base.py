@@ -12,7 +12,7 @@ import random
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 KINDS: tuple[str, ...] = ("qa", "text")
@@ -105,11 +105,16 @@ class Task(ABC):
     def _build_splits(self) -> dict[str, list[Example]]:
         """Build all three splits, deterministically from the config."""
 
-    def images(self, split: str) -> Any:
-        """(N, H, W, 3) uint8 images of `split` for a task whose examples each come with one (``meta["image"]`` is
-        the row), or None for a text-only task (the default). The trainer writes a row's image into the model's
-        explicit memory bank."""
+    def bank_source(self, split: str) -> Callable[[list[Example]], Any] | None:
+        """For a task whose examples come with inputs that the model writes into its explicit memory bank (an
+        image), a function from a batch's examples to the `rmt.model.BankSource` of their rows; None for a
+        text-only task (the default). Trainer and evaluation pass what it returns as the forward's
+        ``explicit_bank``, and know nothing else of the inputs."""
         return None
+
+    def check_model(self, config: Any) -> None:
+        """Raise `rmt.model.ConfigError` if a model with this `RMTConfig` cannot do the task (e.g. it has no
+        image encoder for a visual task). Nothing by default."""
 
     def meta_stats(self, examples: list[Example]) -> dict[str, dict[str, int]]:
         """Task-specific histograms for `rmt data show` (e.g. arithmetic's steps). Empty by default."""

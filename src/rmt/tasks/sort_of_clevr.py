@@ -27,8 +27,14 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
+from typing import Callable
 
+import numpy as np
+import torch
+from torch import Tensor
+
+from rmt.model import BankSource, ConfigError, RMTConfig
+from rmt.model.memory import Bank
 from rmt.tasks.base import Example, Task, histogram
 
 COLORS: tuple[str, ...] = ("red", "green", "blue", "orange", "gray", "yellow")
@@ -194,6 +200,24 @@ def question_example(scenes: Scenes, row: int) -> Example:
                                     "steps": 1 if kind == "non_relational" else 2})
 
 
+class ImageBank(BankSource):
+    """A batch's images, one per row, which the model's image encoder writes into a fresh bank inside forward
+    (`RMT.image_bank`); the encoder's weighted reconstruction loss comes back as the aux loss "vision_recon"."""
+
+    def __init__(self, images: Tensor):
+        self.images = images  # (B, S, S, 3) uint8
+
+    def build(self, model) -> tuple[Bank, dict[str, Tensor] | None]:
+        bank, recon = model.image_bank(self.images)
+        return bank, ({"vision_recon": recon} if recon is not None else None)
+
+    def select(self, rows: slice) -> "ImageBank":
+        return ImageBank(self.images[rows])
+
+    def to(self, device) -> "ImageBank":
+        return ImageBank(self.images.to(device))
+
+
 class SortOfClevr(Task):
     name = "sort-of-clevr"
     Config = SortOfClevrConfig
@@ -229,6 +253,19 @@ class SortOfClevr(Task):
         """(N, S, S, 3) uint8 images of `split`; an example's meta["image"] indexes the first axis."""
         self.split(split)  # validates the split name
         return self.scenes[split].images
+
+    def bank_source(self, split: str) -> Callable[[list[Example]], ImageBank]:
+        """Examples -> their images as an `ImageBank` (each question is answered with its image in the bank)."""
+        images = self.images(split)
+        return lambda examples: ImageBank(torch.from_numpy(images[[ex.meta["image"] for ex in examples]]))
+
+    def check_model(self, config: RMTConfig) -> None:
+        if not config.vision.enabled:
+            raise ConfigError(f"tasks.{self.name}: its examples come with images; the model needs "
+                              "[model.vision] enabled = true")
+        if config.vision.image_size != self.config.image_size:
+            raise ConfigError(f"tasks.{self.name}: images are {self.config.image_size} pixels wide but the model's "
+                              f"vision.image_size is {config.vision.image_size}")
 
     def _build_splits(self) -> dict[str, list[Example]]:
         return {split: [question_example(s, row) for row in range(len(s.questions))]

@@ -2,16 +2,17 @@
 
 For a "qa" example only the answer (and the end-of-sample newline) is a target — the question is given,
 not predicted; for "text" every token is. Rows are right-padded: the model is causal, so padding after a
-sequence cannot change what comes before it. A task whose examples each come with an image (`Task.images`)
-gives its image array to the mix, and its batches carry the image of every row, which the trainer writes into
-the model's explicit memory bank.
+sequence cannot change what comes before it. A task whose examples come with inputs for the model's explicit
+memory bank (`Task.bank_source`, e.g. an image per question) gives the mix its source maker, and its batches
+carry the `BankSource` of their rows, which the trainer passes to the model as it is.
 """
 
 from __future__ import annotations
 
 import random
 
-import numpy as np
+from typing import Any, Callable
+
 import torch
 from torch import Tensor
 
@@ -53,14 +54,15 @@ class TaskMix:
     """Samples batches from several tasks' training examples with fixed weights, reproducibly from a seed."""
 
     def __init__(self, pools: dict[str, list[Example]], weights: dict[str, float], tokenizer: Tokenizer,
-                 seed: int, cot: bool = False, max_len: int = 0, images: dict[str, np.ndarray] | None = None):
+                 seed: int, cot: bool = False, max_len: int = 0,
+                 bank_sources: dict[str, Callable[[list[Example]], Any]] | None = None):
         missing = sorted(set(weights) - set(pools))
         if missing:
             raise ValueError(f"task mix names unknown task(s) {missing}; available: {sorted(pools)}")
         self.names = list(weights)
         self.weights = [weights[n] for n in self.names]
         self.pools, self.tok, self.cot, self.max_len = pools, tokenizer, cot, max_len
-        self.images = images or {}  # task name -> (N, H, W, 3) uint8, indexed by an example's meta["image"]
+        self.bank_sources = bank_sources or {}  # task name -> examples -> BankSource (`Task.bank_source`)
         self.rng = random.Random(seed)
 
     def batch(self, size: int) -> tuple[Tensor, Tensor, list[str]]:
@@ -69,12 +71,12 @@ class TaskMix:
         One task per batch, drawn by weight: tasks differ a lot in length (a fact is ~40 bytes, a 4-step
         problem ~140), and a mixed batch would pad every short row to the longest.
         """
-        x, y, names, _ = self.batch_with_images(size)
+        x, y, names, _ = self.batch_with_bank(size)
         return x, y, names
 
-    def batch_with_images(self, size: int) -> tuple[Tensor, Tensor, list[str], Tensor | None]:
-        """As `batch`, plus the rows' images (B, H, W, 3) uint8 when the drawn task has images, else None.
-        (One task per batch, so either every row has an image or none has.)"""
+    def batch_with_bank(self, size: int) -> tuple[Tensor, Tensor, list[str], Any]:
+        """As `batch`, plus the rows' `BankSource` when the drawn task has one, else None. (One task per batch,
+        so either every row has bank inputs or none has.)"""
         name = self.rng.choices(self.names, weights=self.weights, k=1)[0]
         names = [name] * size
         examples = [self.rng.choice(self.pools[name]) for _ in range(size)]
@@ -82,10 +84,8 @@ class TaskMix:
         if self.max_len:  # inputs and targets are the row shifted by one, so keep max_len + 1 ids
             encoded = [(ids[: self.max_len + 1], start) for ids, start in encoded]
         x, y = collate(encoded, self.tok.pad_id)
-        images = None
-        if name in self.images:
-            images = torch.from_numpy(self.images[name][[ex.meta["image"] for ex in examples]])
-        return x, y, names, images
+        source = self.bank_sources[name](examples) if name in self.bank_sources else None
+        return x, y, names, source
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.getstate()}

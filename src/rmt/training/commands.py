@@ -50,14 +50,21 @@ def _train(args: argparse.Namespace) -> int:
         out = Path(args.out or Path("runs") / Path(args.config).stem)
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps: expected >= 1, got {args.max_steps}")
+    from rmt.evaluation.task_reports import write_task_reports
+    from rmt.tokenizer import ByteTokenizer
+    from rmt.training.run import task_settings
+
+    names = sorted({t for s in cfg.stages for t in s.tasks})
+    settings = {name: task_settings(cfg, name) for name in names}
     train(cfg, out, resume=bool(args.resume), max_steps=args.max_steps, progress=not args.no_progress,
-          overwrite=args.overwrite)
+          overwrite=args.overwrite,
+          on_end=lambda model, seconds: write_task_reports(model, settings, ByteTokenizer(), out, seconds))
     print(f"run folder: {out} (last checkpoint: {out / 'checkpoints' / 'latest'})")
     return 0
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from rmt.plots import plot_training, read_metrics
+    from rmt.evaluation.plots import plot_training, read_metrics
 
     try:
         rows = read_metrics(args.run)
@@ -69,7 +76,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from rmt.presets import PRESETS, count_params, fsdp_memory_gb, preset
+    from rmt.model.presets import PRESETS, count_params, fsdp_memory_gb, preset
 
     print("| preset | total params | active per token | memory values | FSDP2 GB/GPU (8 GPUs) | (64 GPUs) |")
     print("|---|---|---|---|---|---|")

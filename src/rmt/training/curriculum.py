@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from rmt.config import ConfigError
+from rmt.model.config import ConfigError
 
 
 @dataclass

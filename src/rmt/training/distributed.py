@@ -44,8 +44,8 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
 
     for layer in [*model.prelude, *model.coda]:
         fully_shard(layer)
-    if model.memory is not None:
-        fully_shard(model.memory)
+    if model.reader.product_keys is not None:
+        fully_shard(model.reader.product_keys)
     fully_shard(model)
     return model
 

@@ -3,7 +3,9 @@
     seed = 0
     checkpoint_every = 100          # optimizer steps between checkpoints
     [model]
-    preset = "tiny"                 # any RMTConfig field may follow and override the preset
+    preset = "tiny"                 # the model's own keys may follow and override the preset
+    [model.core]                    # ... section by section (RMTConfig: ssm, product_keys, bank, reader, core,
+    iters = 4                       #     router, vision)
     [tasks.arithmetic]              # task config overrides (the run's seed is the default seed)
     n_train = 100000
     [[stages]]
@@ -31,25 +33,24 @@ import shutil
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
 from rmt.checkpoint import CheckpointError, load_model, load_training_state, save_model, save_training_state
-from rmt.config import ConfigError, RMTConfig
+from rmt.model.config import ConfigError, RMTConfig
 from rmt.errors import RunFolderError
 from rmt.rundir import RunFolder, claim_folder, reason, writing
 from rmt.model import RMT
-from rmt.presets import preset
+from rmt.model.presets import preset
 from rmt.tasks import TASKS, get_task
 from rmt.tokenizer import ByteTokenizer
 from rmt.training.curriculum import Stage
 from rmt.training import distributed
 from rmt.training.batches import collate, encode_example, filter_examples
 from rmt.training.trainer import Trainer
-from rmt.visual_qa import write_visual_report
 
 
 @dataclass
@@ -94,10 +95,8 @@ class RunConfig:
             raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(known)}")
         model_raw = dict(raw.pop("model", {}))
         name = model_raw.pop("preset", raw.pop("preset", None))
-        try:
-            model = preset(name, **model_raw) if name else RMTConfig.from_dict(model_raw, source=f"{source} [model]")
-        except ValueError as e:
-            raise ConfigError(f"{source} [model]: {e}") from None
+        where = f"{source} [model]"  # every model config error names the file and table
+        model = preset(name, model_raw, where) if name is not None else RMTConfig.from_dict(model_raw, where)
         stages = []
         for i, st in enumerate(raw.pop("stages", [])):
             try:
@@ -251,15 +250,19 @@ def _save(out: Path, model: RMT, tok, state: dict, keep: int) -> None:
 
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: int | None = None,
-          progress: bool = True, overwrite: bool = False) -> RMT:
+          progress: bool = True, overwrite: bool = False,
+          on_end: Callable[[RMT, float], None] | None = None) -> RMT:
     """Run (or continue) the configured curriculum, writing checkpoints and metrics under `out`.
+
+    on_end(model, train_seconds): called on rank 0 when training stops (`rmt train` writes the tasks' own
+    reports there: `rmt.evaluation.task_reports.write_task_reports`).
 
     The folder is locked while this runs (rank 0 holds the lock). A new run (not `resume`) is refused in a
     folder that holds another run's files, unless `overwrite`, which moves them aside to OUT.old-N first.
     """
     out = Path(out)
-    images: dict = {}
-    pools = build_pools(cfg, images)  # before anything is written: a bad task setting loses nothing
+    sources: dict = {}
+    pools = build_pools(cfg, sources)  # before anything is written: a bad task setting loses nothing
     rank, world, device = distributed.init_from_env(cfg.device)
     try:
         folder = _claim(out, rank, world, device, resume, overwrite)
@@ -267,15 +270,15 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
         distributed.shutdown()
         raise
     try:
-        return _train(cfg, out, pools, images, rank, world, device, resume, max_steps, progress)
+        return _train(cfg, out, pools, sources, rank, world, device, resume, max_steps, progress, on_end)
     finally:
         if folder is not None:
             folder.release()
         distributed.shutdown()
 
 
-def _train(cfg: RunConfig, out: Path, pools: dict, images: dict, rank: int, world: int, device: torch.device,
-           resume: bool, max_steps: int | None, progress: bool) -> RMT:
+def _train(cfg: RunConfig, out: Path, pools: dict, sources: dict, rank: int, world: int, device: torch.device,
+           resume: bool, max_steps: int | None, progress: bool, on_end: Callable[[RMT, float], None] | None) -> RMT:
     torch.manual_seed(cfg.seed)
     tok = ByteTokenizer()
     state = None
@@ -319,16 +322,12 @@ def _train(cfg: RunConfig, out: Path, pools: dict, images: dict, rank: int, worl
     evaluate = validation_loss_fn(cfg, tok) if cfg.eval_every else None
     trainer = Trainer(model, tok, pools, evaluate=evaluate, eval_every=cfg.eval_every, seed=cfg.seed, on_metrics=log, progress=progress and rank == 0,
                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, max_steps=max_steps,
-                      on_checkpoint=lambda tr, st: _save(out, model, tok, st, cfg.keep_checkpoints), images=images)
+                      on_checkpoint=lambda tr, st: _save(out, model, tok, st, cfg.keep_checkpoints),
+                      bank_sources=sources)
     trainer.run(cfg.stages, resume=state)
-    if rank == 0 and images:
-        # Tasks with images end the run with their test evaluation (accuracy by question type, memory-off
-        # and recurrence-off ablations) in OUT/report.json, plus a PNG of the memory reads.
-        # Optimizer-step wall seconds of the whole run, a resumed one included (kept in the checkpoints).
-        train_seconds = trainer.train_seconds
-        for name in sorted(images):
-            task = get_task(name, **task_settings(cfg, name))
-            write_visual_report(model, name, task.split("test"), task.images("test"), tok, out, train_seconds)
+    if rank == 0 and on_end is not None:
+        # optimizer-step wall seconds of the whole run, a resumed one included (kept in the checkpoints)
+        on_end(model, trainer.train_seconds)
     return model
 
 
@@ -347,31 +346,27 @@ def task_settings(cfg: RunConfig, name: str) -> dict[str, Any]:
     return {**({"seed": cfg.seed} if seeded else {}), **cfg.tasks.get(name, {})}
 
 
-def build_pools(cfg: RunConfig, images: dict | None = None) -> dict[str, list]:
-    """The training examples of every task a stage names; checks every stage's filters keep something.
+def build_pools(cfg: RunConfig, sources: dict | None = None) -> dict[str, list]:
+    """The training examples of every task a stage names; checks every stage's filters keep something and
+    that the model can do every task (`Task.check_model`).
 
-    images: when given, filled with task name -> training images (N, H, W, 3) uint8 for the tasks that have
-    them (`Task.images`); such tasks need a model with an image encoder (`vision = true`).
+    sources: when given, filled with task name -> examples -> BankSource for the tasks whose examples come
+    with bank inputs (`Task.bank_source`, e.g. images).
     """
     pools = {}
     for name in sorted({t for s in cfg.stages for t in s.tasks}):
         try:
             task = get_task(name, **task_settings(cfg, name))
             pools[name] = task.split("train")
-            task_images = task.images("train")
+            source = task.bank_source("train")
         except (TypeError, ValueError, FileNotFoundError) as e:
             raise ConfigError(f"tasks.{name}: {e}") from None
         if not pools[name]:
             where = f" (read from {task.config.path})" if hasattr(task.config, "path") else ""
             raise ConfigError(f"tasks.{name}: expected training examples, found an empty train split{where}")
-        if task_images is not None:
-            if not cfg.model.vision:
-                raise ConfigError(f"tasks.{name}: its examples come with images; the model needs vision = true")
-            if task_images.shape[1] != cfg.model.vision_image_size:
-                raise ConfigError(f"tasks.{name}: images are {task_images.shape[1]} pixels wide but the model's "
-                                  f"vision_image_size is {cfg.model.vision_image_size}")
-            if images is not None:
-                images[name] = task_images
+        task.check_model(cfg.model)
+        if source is not None and sources is not None:
+            sources[name] = source
     for i, stage in enumerate(cfg.stages):
         for name, flt in stage.filters.items():
             try:
@@ -388,7 +383,7 @@ def validation_loss_fn(cfg: RunConfig, tok, batch_size: int = 64):
     task = get_task(name, **task_settings(cfg, name))
     examples = task.split("validation")[: cfg.eval_rows]
     encoded = [encode_example(ex, tok) for ex in examples]
-    images = task.images("validation")  # a visual task's rows are scored with their image in the bank
+    source = task.bank_source("validation")  # a visual task's rows are scored with their image in the bank
 
     @torch.no_grad()
     def evaluate(model: RMT) -> dict:
@@ -399,9 +394,8 @@ def validation_loss_fn(cfg: RunConfig, tok, batch_size: int = 64):
             x, y = collate(encoded[i:i + batch_size], tok.pad_id)
             x, y = x.to(device), y.to(device)
             extra = {}
-            if images is not None:
-                rows = [ex.meta["image"] for ex in examples[i:i + batch_size]]
-                extra["images"] = torch.from_numpy(images[rows]).to(device)
+            if source is not None:
+                extra["explicit_bank"] = source(examples[i:i + batch_size]).to(device)
             logits = model(x, **extra).logits
             total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(),
                                                              ignore_index=-100, reduction="sum"))

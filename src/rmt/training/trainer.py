@@ -11,16 +11,15 @@ import math
 import random
 import time
 from collections import defaultdict
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from rmt.config import ConfigError
+from rmt.model.config import ConfigError
 from rmt.errors import RMTError
 from rmt.model import RMT, loss_fn
 from rmt.tasks import Example
@@ -31,7 +30,8 @@ from rmt.training.curriculum import Stage
 
 
 def param_groups(model: RMT, stage: Stage) -> list[dict]:
-    memory_values = {id(p) for p in (model.memory.value_parameters() if model.memory is not None else [])}
+    pk = model.reader.product_keys
+    memory_values = {id(p) for p in (pk.value_parameters() if pk is not None else [])}
     decay, no_decay, values = [], [], []
     for name, p in model.named_parameters():
         frozen = any(name.startswith(prefix) for prefix in stage.frozen)
@@ -70,11 +70,12 @@ class Trainer:
                  max_bad_steps: int = 5, checkpoint_every: int = 0,
                  on_checkpoint: Callable[["Trainer", dict], None] | None = None, max_steps: int | None = None,
                  evaluate: Callable[[RMT], dict] | None = None, eval_every: int = 0,
-                 images: dict[str, np.ndarray] | None = None):
-        """images: task name -> (N, H, W, 3) uint8 for tasks whose examples come with an image (meta["image"]);
-        each batch of such a task is trained with its rows' images written into the explicit memory bank."""
+                 bank_sources: dict[str, Callable[[list[Example]], Any]] | None = None):
+        """bank_sources: task name -> examples -> `BankSource` (`Task.bank_source`) for tasks whose examples
+        come with inputs for the explicit memory bank; each batch of such a task passes its rows' source to the
+        model as its ``explicit_bank``."""
         self.model, self.tok, self.pools, self.seed = model, tokenizer, pools, seed
-        self.images = images or {}
+        self.bank_sources = bank_sources or {}
         self.on_metrics = on_metrics or (lambda m: None)
         self.progress, self.log_every, self.max_bad_steps = progress, log_every, max_bad_steps
         self.checkpoint_every, self.on_checkpoint, self.max_steps = checkpoint_every, on_checkpoint, max_steps
@@ -115,7 +116,7 @@ class Trainer:
         pools = {name: filter_examples(self.pools[name], stage.filters[name]) if name in stage.filters
                  else self.pools[name] for name in stage.tasks if name in self.pools}
         mix = TaskMix(pools, stage.tasks, self.tok, seed=self.seed * 1000 + stage_index, max_len=stage.seq_len,
-                      images=self.images)
+                      bank_sources=self.bank_sources)
         k_rng = random.Random(self.seed * 1000 + stage_index + 500)
         opt = torch.optim.AdamW(param_groups(model, stage), lr=stage.lr, betas=(0.9, 0.95))
         net: nn.Module = model
@@ -152,15 +153,15 @@ class Trainer:
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_mult"]
             # The global batch: the same on every process.
-            x, y, names, images = mix.batch_with_images(stage.batch_size)
+            x, y, names, source = mix.batch_with_bank(stage.batch_size)
             if self.world > 1:
                 rows = slice(self.rank * len(names) // self.world, (self.rank + 1) * len(names) // self.world)
                 x, y, names = x[rows], y[rows], names[rows]
-                images = images[rows] if images is not None else None
+                source = source.select(rows) if source is not None else None
             x, y = x.to(self.device), y.to(self.device)
             K = k_rng.randint(stage.think_iters_min, stage.think_iters_max)
-            # Images go through the forward call (not a bank built here) so that DDP sees the encoder's use.
-            extra = {"images": images.to(self.device)} if images is not None else {}
+            # A bank source is built inside the forward call (not here) so that DDP sees the encoder's use.
+            extra = {"explicit_bank": source.to(self.device)} if source is not None else {}
             out = net(x, think_iters=K, bptt=stage.bptt, memory_logits=stage.memory_aux > 0, **extra)
             n_targets = None
             if self.world > 1:
@@ -188,8 +189,8 @@ class Trainer:
             acc["grad_norm"].append(float(gnorm))
             # Expected iterations the router pays for (soft gates in training): K * mean w_think.
             acc["think_iters"].append(out.compute_cost.item())
-            if out.recon_loss is not None:  # weighted, as it enters the total
-                acc["vision_recon"].append(out.recon_loss.item())
+            for key, aux in (out.aux_losses or {}).items():  # weighted, as they enter the total
+                acc[key].append(aux.item())
             probs = out.routing.probs.detach().float().mean(dim=(0, 1)).tolist()
             for i, b in enumerate(("memory", "think", "both")):
                 acc[f"router_{b}"].append(probs[i])

@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 
 from rmt.checkpoint import save_model
-from rmt.config import RMTConfig
+from rmt.model.config import RMTConfig
+from rmt.model.presets import preset
 from rmt.errors import UsageError
-from rmt.evaluate import QAResult, evaluate_qa
+from rmt.evaluation.evaluate import QAResult, evaluate_qa
 from rmt.model import RMT
-from rmt.plots import plot_training
+from rmt.evaluation.plots import plot_training
 from rmt.rundir import claim_folder, writing
 from rmt.tasks import get_task
 from rmt.tokenizer import ByteTokenizer
@@ -47,8 +48,7 @@ def demo_plan(quick: bool = False, steps_mult: float = 1.0) -> DemoPlan:
     far too short for this model to learn the tasks: `steps_mult` trains proportionally longer (see the
     README for what 4x and more reach).
     """
-    model = RMTConfig(d_model=128, n_prelude=2, n_core=1, n_coda=1, mem_n_keys=64, mem_heads=2, mem_topk=8,
-                      think_iters=4)
+    model = preset("tiny", {"core": {"iters": 4}})
     scale = (0.12 if quick else 1.0) * steps_mult
 
     def n(steps: int) -> int:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rmt.ssm import RMSNorm
+from .ssm import RMSNorm
 
 
 class _ResidualConv(nn.Module):

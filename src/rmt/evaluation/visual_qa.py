@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rmt.memory import SoftmaxMemoryBank
+from rmt.model.memory import SoftmaxMemoryBank
 from rmt.model import RMT
 from rmt.tasks import Example
 from rmt.tasks.scoring import exact_match
@@ -49,7 +49,7 @@ def answer_visual(model: RMT, examples: list[Example], images: np.ndarray, tok: 
             bank = None
             if memory:
                 imgs = torch.from_numpy(images[[examples[i].meta["image"] for i in rows]]).to(device)
-                bank = model.image_memory_bank(imgs)
+                bank, _ = model.image_bank(imgs)
             res = model.generate(idx, max_new_tokens, eos_id=tok.eos_id, memory=memory, explicit_bank=bank,
                                  **generate_kwargs)
             for r, i in enumerate(rows):
@@ -99,7 +99,7 @@ def read_attention(model: RMT, examples: list[Example], images: np.ndarray, tok:
     out = []
     for ex in examples:
         idx = torch.tensor([tok.encode(ex.prompt)], dtype=torch.long, device=device)
-        bank = model.image_memory_bank(torch.from_numpy(images[[ex.meta["image"]]]).to(device))
+        bank, _ = model.image_bank(torch.from_numpy(images[[ex.meta["image"]]]).to(device))
         if not isinstance(bank, SoftmaxMemoryBank):
             raise ValueError("read_attention needs explicit_read = 'softmax'")
         bank.record = True
@@ -162,7 +162,7 @@ def write_visual_report(model: RMT, task_name: str, examples: list[Example], ima
         for ex, p in zip(examples, preds):
             f.write(json.dumps({"prompt": ex.prompt, "target": ex.target.strip(), "prediction": p.strip(),
                                 **ex.meta}) + "\n")
-    if model.config.explicit_read == "softmax" and n_plot > 0:
+    if model.config.bank.read == "softmax" and n_plot > 0:
         # A spread of question kinds: the first example of each question subtype, in order.
         picked, seen = [], set()
         for i, ex in enumerate(examples):

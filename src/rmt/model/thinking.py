@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from rmt.ssm import Block, MixerState, RMSNorm
+from .ssm import Block, MixerState, RMSNorm
 
 
 class ExitRule:
@@ -77,6 +77,14 @@ class PredictionKL(ExitRule):
 
 
 class ThinkingCore(nn.Module):
+    """n_layers shared-weight blocks iterated K times on a per-token state s. See the module docstring.
+
+    One method for every mode: training and prefill run whole sequences (B, T, D); decoding runs T = 1 with
+    the per-iteration sequence states of the previous token (`states`); the blocks pick the recurrent form for
+    a single token after a state. Collaborators are passed in, not reached for: `memory` (the reader's
+    `CoreRead`: the bank read of the current state) and `readout` (state -> next-token logits, for exit rules).
+    """
+
     def __init__(self, d_model: int, n_layers: int, mlp_hidden: int, **ssm_kwargs):
         super().__init__()
         self.state_norm = RMSNorm(d_model)
@@ -85,72 +93,53 @@ class ThinkingCore(nn.Module):
         ssm_kwargs = {**ssm_kwargs, "conv_width": 1}  # no conv: per-token skipping must be exact
         self.layers = nn.ModuleList([Block(d_model, mlp_hidden, **ssm_kwargs) for _ in range(n_layers)])
 
-    def _iterate(self, s: Tensor, e: Tensor, g: Tensor, states: list[MixerState] | None = None,
-                 keep_states: bool = False, reread: Callable[[Tensor], Tensor] | None = None,
-                 init_states: list[MixerState] | None = None):
-        """One iteration. Parallel over (B, T) when states is None (keep_states: also return each layer's
-        final scan state, for prefill, continuing from init_states when given); a single decoding step over
-        (B,) when states are given.
-
-        reread: s -> a memory read with a query from the current state, added to the re-injected input
-        (the model passes one when the core reads memory at every iteration); same shape as s."""
-        if reread is not None:
-            e = e + reread(s)
+    def _iterate(self, s: Tensor, e: Tensor, g: Tensor, states: list[MixerState] | None, keep: bool,
+                 memory: Callable[[Tensor], Tensor] | None) -> tuple[Tensor, list[MixerState]]:
+        """One iteration over (B, T): s <- s + (z * g) * (u - s). states: each layer's sequence state before
+        these tokens (None = start of the sequence); keep: return the states after them."""
+        if memory is not None:
+            e = e + memory(s)
         hs = torch.cat([self.state_norm(s), e], dim=-1)
         u = self.adapter(hs)
         new_states = []
         for i, layer in enumerate(self.layers):
-            if states is not None:
-                u, st = layer.step(u, states[i], gate=g)
-                new_states.append(st)
-            elif keep_states:
-                u, st = layer(u, gate=g, state=None if init_states is None else init_states[i], return_state=True)
+            st = None if states is None else states[i]
+            if keep:
+                u, st = layer(u, gate=g, state=st, return_state=True)
                 new_states.append(st)
             else:
-                u = layer(u, gate=g)
+                u = layer(u, gate=g, state=st)
         z = torch.sigmoid(self.update_gate(hs))
         return s + (z * g.unsqueeze(-1).to(z.dtype)) * (u - s), new_states
 
-    def forward(self, e: Tensor, gate: Tensor, iters: int, bptt: int | None = None,
-                exit_rule: ExitRule | None = None, init: str = "zero", keep_states: bool = False,
-                readout: Callable[[Tensor], Tensor] | None = None, reread: Callable[[Tensor], Tensor] | None = None,
-                states: list[list[MixerState]] | None = None):
-        """e (B, T, D), gate (B, T) in [0, 1] -> final state (B, T, D), iterations run per token (B, T)
-        [, decoding states [iteration][layer] when keep_states]. states: the decoding states these tokens
-        follow (a chunked prefill continues from the previous chunk's; with keep_states only)."""
-        s = torch.randn_like(e) * e.detach().std() if (init == "random" and self.training) else torch.zeros_like(e)
+    def forward(self, e: Tensor, gate: Tensor, iters: int, *, states: list[list[MixerState]] | None = None,
+                keep_states: bool = False, bptt: int | None = None, exit_rule: ExitRule | None = None,
+                init: str = "zero", readout: Callable[[Tensor], Tensor] | None = None,
+                memory: Callable[[Tensor], Tensor] | None = None
+                ) -> tuple[Tensor, Tensor, list[list[MixerState]] | None]:
+        """e (B, T, D), gate (B, T) in [0, 1] -> (final state (B, T, D), iterations run per token (B, T),
+        the sequence states [iteration][layer] after these tokens, or None unless keep_states).
+
+        states: the states before these tokens (from a decoding cache; then len(states) == iters).
+        bptt: back-propagate through only the last this-many iterations (training)."""
+        if states is not None and len(states) != iters:
+            raise ValueError(f"the cache holds {len(states)} core iterations, asked for {iters}")
+        random_init = init == "random" and self.training
+        s = torch.randn_like(e) * e.detach().std() if random_init else torch.zeros_like(e)
         g = gate
         used = torch.zeros(gate.shape, device=e.device)
         first_grad = iters - (bptt if bptt is not None else iters)
         all_states = []
         for k in range(iters):
             with torch.set_grad_enabled(torch.is_grad_enabled() and k >= first_grad):
-                s_new, new_states = self._iterate(s, e, g, keep_states=keep_states, reread=reread,
-                                                  init_states=None if states is None else states[k])
-            all_states.append(new_states)
+                s_new, st = self._iterate(s, e, g, None if states is None else states[k], keep_states, memory)
+            all_states.append(st)
             used = used + (g > 0).float()
             if exit_rule is not None:
                 g = torch.where(exit_rule.halted(k + 1, s, s_new, readout), torch.zeros_like(g), g)
             s = s_new
-        return (s, used, all_states) if keep_states else (s, used)
+        return s, used, (all_states if keep_states else None)
 
     def empty_states(self, batch: int, iters: int, device=None) -> list[list[MixerState]]:
         """The core's decoding state: one MixerState per (iteration, layer); size independent of context."""
         return [[layer.mixer.empty_state(batch, device=device) for layer in self.layers] for _ in range(iters)]
-
-    def step(self, e: Tensor, gate: Tensor, states: list[list[MixerState]], exit_rule: ExitRule | None = None,
-             readout: Callable[[Tensor], Tensor] | None = None, reread: Callable[[Tensor], Tensor] | None = None
-             ) -> tuple[Tensor, Tensor, list[list[MixerState]]]:
-        """One token: e (B, D), gate (B,) -> state (B, D), iterations run (B,), new states."""
-        s = torch.zeros_like(e)
-        g = gate
-        used = torch.zeros_like(gate, dtype=torch.float32)
-        new_states = []
-        for k, st in enumerate(states):
-            s_new, st = self._iterate(s, e, g, st, reread=reread)
-            new_states.append(st)
-            used = used + (g > 0).float()
-            if exit_rule is not None:
-                g = torch.where(exit_rule.halted(k + 1, s, s_new, readout), torch.zeros_like(g), g)
-            s = s_new
-        return s, used, new_states

@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from rmt.checkpoint import load_model
 from rmt.errors import UsageError
-from rmt.integrations import find_checkpoint
+from rmt.checkpoint import find_checkpoint
 from rmt.model import PREFILL_CHUNK
-from rmt.refine import evaluate_refined, refine_answer
-from rmt.router import BRANCHES
+from rmt.evaluation.refine import evaluate_refined, refine_answer
+from rmt.model.router import BRANCHES
 from rmt.tasks import TASKS, get_task
 from rmt.tokenizer import ByteTokenizer
 

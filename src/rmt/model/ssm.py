@@ -4,7 +4,7 @@
                  └─ xBC ─ causal conv ─ SiLU ─ x, B, C       │
                  dt ─ softplus(+bias)  ─ selective scan ─ +D·x ─ × SiLU(z) ─ RMSNorm ─ out_proj
 
-Training uses the chunked scan (``rmt.scan.scan_chunked``); decoding uses ``step`` with a state whose size
+Training uses the chunked scan (``rmt.model.scan.scan_chunked``); decoding uses ``step`` with a state whose size
 does not depend on how many tokens came before: the scan state (B, H, P, N) plus the last ``conv - 1``
 inputs of the short convolution.
 
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmt.kernels import ssd_scan
-from rmt.scan import scan_step
+from .kernels import ssd_scan
+from .scan import scan_step
 
 
 class RMSNorm(nn.Module):
@@ -103,6 +103,9 @@ class SelectiveSSM(nn.Module):
         """u (B, T, D), gate (B, T) or None -> y (B, T, D) [, final MixerState]."""
         b, t, _ = u.shape
         self._check_gate(gate)
+        if state is not None and t == 1:  # one token after a state (decoding): the recurrent form, O(1)
+            y, new_state = self.step(u[:, 0], state, gate=None if gate is None else gate[:, 0])
+            return (y.unsqueeze(1), new_state) if return_state else y.unsqueeze(1)
         z, xbc, dt = self._split(self.in_proj(u))
         if state is not None:  # continue from a decoding state: prepend the conv window
             xbc_in = torch.cat([state.conv.transpose(1, 2).to(xbc.dtype), xbc], dim=1)
@@ -112,8 +115,8 @@ class SelectiveSSM(nn.Module):
             conv_out = self.conv(xbc.transpose(1, 2))[..., :t]
         xbc_act = F.silu(conv_out.transpose(1, 2))
         x, dt_, _, Bm, Cm = self._scan_inputs(xbc_act, dt, gate)
-        # B and C are one group shared by all heads: (B, T, 1, N). ssd_scan runs rmt.scan.scan_chunked on the
-        # CPU and, on CUDA with mamba-ssm installed, its Triton kernel (rmt.kernels; RMT_KERNELS=off disables).
+        # B and C are one group shared by all heads: (B, T, 1, N). ssd_scan runs rmt.model.scan.scan_chunked on the
+        # CPU and, on CUDA with mamba-ssm installed, its Triton kernel (rmt.model.kernels; RMT_KERNELS=off disables).
         y, s = ssd_scan(x, dt_, -torch.exp(self.A_log.float()), Bm.unsqueeze(2), Cm.unsqueeze(2),
                         None if state is None else state.ssm, chunk=self.chunk)
         out = self._out(y, x, z)

@@ -36,12 +36,13 @@ from tqdm import tqdm
 from rmt.baselines.cot import evaluate_gpt, matching_config, train_gpt
 from rmt.baselines.gpt import GPT
 from rmt.checkpoint import atomic_write, save_model
-from rmt.config import RMTConfig
+from rmt.model.config import RMTConfig
+from rmt.model.presets import preset
 from rmt.errors import RunFolderError, UsageError
-from rmt.demo import seeded_subset
-from rmt.evaluate import evaluate_qa
+from rmt.harness.demo import seeded_subset
+from rmt.evaluation.evaluate import evaluate_qa
 from rmt.model import RMT
-from rmt.refine import evaluate_refined, refinement_examples
+from rmt.evaluation.refine import evaluate_refined, refinement_examples
 from rmt.rundir import claim_folder
 from rmt.tasks import Example, get_task
 from rmt.tokenizer import ByteTokenizer
@@ -72,8 +73,7 @@ class ReproducePlan:
 def reproduce_plan(quick: bool = False, steps_mult: float = 1.0) -> ReproducePlan:
     """Stage lengths fit four trainings per seed and three seeds in an hour on a 2-core CPU; `quick` is a
     smoke-sized run, `steps_mult` trains proportionally longer (what a GPU affords)."""
-    model = RMTConfig(d_model=128, n_prelude=2, n_core=1, n_coda=1, mem_n_keys=64, mem_heads=2, mem_topk=8,
-                      think_iters=4)
+    model = preset("tiny", {"core": {"iters": 4}})
     scale = (0.1 if quick else 1.0) * steps_mult
 
     def n(steps: int) -> int:
@@ -252,11 +252,11 @@ def _measure_rmt(plan: ReproducePlan, data: Data, seed: int, d: Path, tok: ByteT
     math = evaluate_qa(model, data.math_test, tok, max_new_tokens=6, group_by="steps", desc="math", **ev)
     math_off = evaluate_qa(model, data.math_test, tok, max_new_tokens=6, group_by="steps", think_iters=0,
                            desc="math, recurrence off", **ev)
-    if plan.model.think_iters not in plan.think_iters_eval:
-        raise ValueError(f"think_iters_eval {plan.think_iters_eval} must include the model's K ({plan.model.think_iters})")
+    if plan.model.core.iters not in plan.think_iters_eval:
+        raise ValueError(f"think_iters_eval {plan.think_iters_eval} must include the model's K ({plan.model.core.iters})")
     by_k = {str(k): evaluate_qa(model, data.extrapolation_test, tok, max_new_tokens=6, group_by="steps",
                                 think_iters=k, desc=f"extrapolation K={k}", **ev) for k in plan.think_iters_eval}
-    extra = by_k[str(plan.model.think_iters)]
+    extra = by_k[str(plan.model.core.iters)]
     refine_set = data.math_test[:plan.n_refine_eval]
     tta = evaluate_refined(model, refine_set, tok, plan.refine_rounds, max_new_tokens=6, batch_size=128,
                            progress=progress, desc="refine")
@@ -275,7 +275,7 @@ def _measure_rmt(plan: ReproducePlan, data: Data, seed: int, d: Path, tok: ByteT
                  "acc_by_think_iters": {k: r.accuracy for k, r in by_k.items()},
                  "acc_by_steps_by_think_iters": {k: r.by["steps"] for k, r in by_k.items()},
                  "train_steps_max": plan.arithmetic.get("max_steps", 4), "train_think_iters_mean": k_mean,
-                 "think_iters_default": plan.model.think_iters},
+                 "think_iters_default": plan.model.core.iters},
         "tta": {"acc_before": tta.acc_before, "acc_after": tta.acc_after, "weights_unchanged": tta.weights_unchanged,
                 "rounds": plan.refine_rounds, "rounds_run": tta.rounds_run, "acc_by_round": tta.accuracy_by_round,
                 "tokens_per_answer": tta.tokens_per_answer, "n": len(refine_set)},
@@ -446,7 +446,7 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs: expected >= 1, got {args.jobs}")
     report = run_reproduce(seeds, args.out, quick=args.quick, steps_mult=args.steps_mult,
                            progress=not args.no_progress, jobs=args.jobs, overwrite=args.overwrite)
-    from rmt.report import headline_table
+    from rmt.evaluation.report import headline_table
     print(headline_table([report]))
     print(f"report: {Path(args.out) / 'report.json'}; tables and plots: rmt report {args.out}")
     return 0

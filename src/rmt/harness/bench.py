@@ -28,9 +28,9 @@ from typing import Callable
 import torch
 
 from rmt.baselines.gpt import GPT, GPTConfig
-from rmt.memory import ExplicitMemoryBank, ProductKeyMemory
+from rmt.model.memory import ExplicitMemoryBank, ProductKeyMemory
 from rmt.model import RMT, loss_fn
-from rmt.presets import count_params, preset
+from rmt.model.presets import count_params, preset
 from rmt.rundir import claim_folder
 
 
@@ -162,12 +162,12 @@ def explicit_ms_per_query(entries: int, reps: int) -> float:
 
 def mfu(peak: float, reps: int) -> float:
     """6 x (active parameters, with the core's counted once per iteration) x tokens, per second, over peak."""
-    cfg = preset("small", think_iters=2)
+    cfg = preset("small", {"core": {"iters": 2}})
     model = RMT(cfg)
     idx = torch.randint(0, 256, (1, 2048))
     sec = timed(lambda: train_step(model, idx), reps)
     core = sum(p.numel() for p in model.core.parameters())
-    per_token = count_params(cfg)["active_per_token"] + (cfg.think_iters - 1) * core
+    per_token = count_params(cfg)["active_per_token"] + (cfg.core.iters - 1) * core
     return 6 * per_token * 2048 / sec / 1e9 / peak
 
 
@@ -176,7 +176,7 @@ def peak_rss_mb(length: int) -> float:
 
     VmHWM, not getrusage: Linux carries ru_maxrss across exec, so a child would report its parent's peak.
     """
-    code = ("import re, torch; from rmt.bench import models, train_step; m, _ = models(); "
+    code = ("import re, torch; from rmt.harness.bench import models, train_step; m, _ = models(); "
             f"train_step(m, torch.randint(0, 256, (1, {length}))); "
             "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

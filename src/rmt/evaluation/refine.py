@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from rmt.evaluate import decode_answer, evaluate_qa
+from rmt.evaluation.evaluate import decode_answer, evaluate_qa
 from rmt.model import RMT
 from rmt.tasks import Example
 from rmt.tasks.scoring import exact_match

@@ -1,4 +1,4 @@
-"""Optional GPU fast paths, dispatched lazily; the pure-PyTorch scans in ``rmt.scan`` stay the reference.
+"""Optional GPU fast paths, dispatched lazily; the pure-PyTorch scans in ``rmt.model.scan`` stay the reference.
 
 Only one fast path exists today: the SSD chunked scan of a training / prefill forward pass goes to
 mamba-ssm's Triton kernel ``mamba_chunk_scan_combined`` when all of these hold:
@@ -10,7 +10,7 @@ mamba-ssm's Triton kernel ``mamba_chunk_scan_combined`` when all of these hold:
   testing the reference against itself — the CPU always runs the reference) or the ``use_kernels``
   argument, which wins over the environment.
 
-Everything else — the CPU, decoding (``scan_step``), a missing library — runs ``rmt.scan.scan_chunked``
+Everything else — the CPU, decoding (``scan_step``), a missing library — runs ``rmt.model.scan.scan_chunked``
 exactly as before: on the CPU the dispatcher computes the same expressions in the same order as
 ``SelectiveSSM`` did before it existed, so results are bit-identical.
 
@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rmt.scan import scan_chunked
+from .scan import scan_chunked
 
 __all__ = ["ssd_scan", "scan_backend", "kernels_mode", "mamba_chunk_scan"]
 
