@@ -1,6 +1,7 @@
 # Set up a virtual environment in .venv and run the demo or the tests from it.
 #
 #   make demo                      set up .venv, train a tiny RMT on the CPU, evaluate it, print a table
+#                                  (into runs/demo; an earlier demo there is moved aside to runs/demo.old-N)
 #   make demo DEMO_ARGS=--quick    the same, shorter
 #   make test                      set up .venv and run the test suite
 #   make clean                     remove .venv and build junk
@@ -50,7 +51,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/rmt demo $(DEMO_ARGS)
+	$(VENV)/bin/rmt demo --overwrite $(DEMO_ARGS)
 
 # pytest is already quiet through pyproject's addopts (-q); a second -q would drop the closing
 # 'N passed' line that people and CI read.

@@ -13,7 +13,7 @@ from rmt.model.config import RMTConfig  # noqa: E402
 from rmt.integrations.faiss_bank import (  # noqa: E402
     FaissMemoryBank, IndexSpec, build_index, encode_facts, load_bank, synthetic_bank, synthetic_queries,
     top1_agreement)
-from rmt.model.memory import feature_map  # noqa: E402
+from rmt.model.memory import Bank, feature_map  # noqa: E402
 from rmt.model import RMT  # noqa: E402
 from rmt.tokenizer import ByteTokenizer  # noqa: E402
 
@@ -32,6 +32,7 @@ def test_top_k_read_over_every_entry_equals_the_native_linear_attention_read(mod
     tok = ByteTokenizer()
     keys, values = encode_facts(model, tok, FACTS)
     bank = FaissMemoryBank(build_index(keys, IndexSpec("flat")), keys, values, k=len(FACTS))
+    assert isinstance(bank, Bank) and int(bank.num_entries[0]) == len(FACTS)  # the read side of the protocol
     # The native bank, written with the same fact embeddings.
     native = model.new_memory_bank()
     lengths = torch.tensor([len(tok.encode(f)) for f in FACTS])

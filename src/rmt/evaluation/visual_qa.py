@@ -101,7 +101,7 @@ def read_attention(model: RMT, examples: list[Example], images: np.ndarray, tok:
         idx = torch.tensor([tok.encode(ex.prompt)], dtype=torch.long, device=device)
         bank, _ = model.image_bank(torch.from_numpy(images[[ex.meta["image"]]]).to(device))
         if not isinstance(bank, SoftmaxMemoryBank):
-            raise ValueError("read_attention needs explicit_read = 'softmax'")
+            raise ValueError("read_attention needs bank.read = 'softmax'")
         bank.record = True
         model(idx, explicit_bank=bank)
         weights = [w[0, -1].float().mean(0).view(grid, grid).cpu().numpy() for w in bank.recorded]

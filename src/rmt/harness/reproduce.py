@@ -205,7 +205,8 @@ def run_job(plan: ReproducePlan, seed: int, variant: str, out: Path, progress: b
         if variant == "rmt":
             result = _measure_rmt(plan, data, seed, d, tok, log, ev, progress)
         elif variant == "no_memory":
-            model, seconds = train_rmt(replace(plan.model, memory=False), plan.stages, data, seed, progress, log)
+            model, seconds = train_rmt(plan.model.replace(product_keys={"enabled": False}), plan.stages, data, seed,
+                                       progress, log)
             result = {"em": evaluate_qa(model, data.knowledge_test, tok, max_new_tokens=16, desc="no_memory knowledge",
                                         **ev).accuracy,
                       "acc": evaluate_qa(model, data.math_test, tok, max_new_tokens=6, desc="no_memory math",

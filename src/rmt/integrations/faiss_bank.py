@@ -154,7 +154,8 @@ def model_fingerprint(model: RMT) -> str:
 class FaissMemoryBank:
     """Read-only explicit bank: FAISS top-k over phi(keys), exact weights over those k (module docstring).
 
-    Duck-types `ExplicitMemoryBank.read`, so `ExplicitMemoryRead` (and so `RMT`) reads it unchanged.
+    Satisfies `rmt.model.memory.Bank` (the read side), so `RMT` reads it as any other bank; it is written once,
+    by `build_bank`, not at run time.
     """
 
     def __init__(self, index: Any, keys: np.ndarray, values: np.ndarray, k: int = 32, eps: float = 1e-6,
@@ -169,6 +170,15 @@ class FaissMemoryBank:
 
     def __len__(self) -> int:
         return self.keys.shape[0]
+
+    @property
+    def num_entries(self) -> Tensor:
+        """(1,) int64: one bank, shared by every row that reads it."""
+        return torch.tensor([len(self)])
+
+    def state_bytes(self) -> int:
+        """Bytes of the keys and values (memory-mapped from disk: the OS pages in what reads touch)."""
+        return int(self.keys.nbytes + self.values.nbytes)
 
     def search(self, phi_q: np.ndarray, k: int | None = None) -> np.ndarray:
         """Top-k entry ids (M, k) int64 for feature-mapped queries (M, d_key); -1 where fewer than k exist."""

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import RMTConfig
-from .memory import Bank, MemoryReader, ReaderState
+from .memory import Bank, MemoryReader, ReaderState, WritableBank
 from .router import Router, Routing
 from .ssm import Block, MixerState, RMSNorm
 from .thinking import ExitRule, ThinkingCore
@@ -282,10 +282,10 @@ class RMT(nn.Module):
         return GenerationResult(tokens, prompt_iters, think)
 
     # ------------------------------------------------------------------------------------- explicit memory
-    def new_memory_bank(self) -> Bank:
+    def new_memory_bank(self) -> WritableBank:
         return self.reader.new_bank()
 
-    def write_memory(self, bank: Bank, entries: Tensor, mask: Tensor | None = None,
+    def write_memory(self, bank: WritableBank, entries: Tensor, mask: Tensor | None = None,
                      key_entries: Tensor | None = None) -> None:
         """Write entry embeddings (B, M, D) -- encoded facts, image patches -- into ``bank``; key_entries
         (B, M, D), when given, are what the keys are computed from instead of the entries."""

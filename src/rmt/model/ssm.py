@@ -56,7 +56,7 @@ class SelectiveSSM(nn.Module):
         super().__init__()
         d_inner = expand * d_model
         if d_inner % head_dim:
-            raise ValueError(f"expand * d_model = {d_inner} must be divisible by ssm_head_dim = {head_dim}")
+            raise ValueError(f"expand * d_model = {d_inner} must be divisible by ssm.head_dim = {head_dim}")
         self.d_inner, self.head_dim, self.d_state, self.chunk = d_inner, head_dim, d_state, chunk
         self.n_heads = d_inner // head_dim
         self.conv_width = conv_width

@@ -1,7 +1,8 @@
 """The explicit memory bank: entries written at run time (encoded facts, documents, image patches), read by
 attention, with no weight changed.
 
-Two kinds satisfy one protocol, `Bank` (``write``, ``read``, ``clear``, ``num_entries``, ``state_bytes``):
+Two kinds satisfy one protocol, `WritableBank` (``write``, ``read``, ``clear``, ``num_entries``, ``state_bytes``);
+a read-only bank built offline (FAISS) satisfies `Bank`, the part a read needs:
 
 * :class:`ExplicitMemoryBank` -- normalised linear attention over a fixed-size state (R1): a read costs the same
   however many entries were written, so it scales to banks of any size (a FAISS index for banks beyond RAM:
@@ -25,21 +26,27 @@ from torch import Tensor, nn
 
 @runtime_checkable
 class Bank(Protocol):
-    """What the model needs of a bank. keys (B, M, d_key), values (B, M, d_value), queries (B, T, d_key)."""
+    """What the model reads: queries (B, T, d_key) -> (B, T, d_value). A read-only bank (the FAISS bank of
+    `rmt.integrations.faiss_bank`, built offline) satisfies this much."""
 
     d_key: int
     d_value: int
 
-    def write(self, keys: Tensor, values: Tensor, mask: Tensor | None = None) -> None: ...
-
     def read(self, queries: Tensor) -> Tensor: ...
-
-    def clear(self) -> None: ...
 
     @property
     def num_entries(self) -> Tensor: ...
 
     def state_bytes(self) -> int: ...
+
+
+@runtime_checkable
+class WritableBank(Bank, Protocol):
+    """A bank written at run time (both kinds here): keys (B, M, d_key), values (B, M, d_value), mask (B, M)."""
+
+    def write(self, keys: Tensor, values: Tensor, mask: Tensor | None = None) -> None: ...
+
+    def clear(self) -> None: ...
 
 
 def feature_map(x: Tensor) -> Tensor:

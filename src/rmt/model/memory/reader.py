@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..config import RMTConfig, ReaderConfig
 from ..scan import scan_chunked
 from ..ssm import RMSNorm
-from .bank import Bank, ExplicitMemoryRead
+from .bank import Bank, ExplicitMemoryRead, WritableBank
 from .product_key import ProductKeyMemory
 
 
@@ -141,12 +141,12 @@ class MemoryReader(nn.Module):
         return CoreRead(self, e, w_memory, bank)
 
     # --------------------------------------------------------------------------------- the bank
-    def new_bank(self) -> Bank:
+    def new_bank(self) -> WritableBank:
         if self.bank is None:
             raise ValueError("this model was built with bank.enabled = false (no explicit memory)")
         return self.bank.new_bank()
 
-    def write(self, bank: Bank, entries: Tensor, mask: Tensor | None = None, key_entries: Tensor | None = None
+    def write(self, bank: WritableBank, entries: Tensor, mask: Tensor | None = None, key_entries: Tensor | None = None
               ) -> None:
         """Write entry embeddings (B, M, D) into ``bank``; keys from ``key_entries`` (B, M, D) when given."""
         if self.bank is None:
