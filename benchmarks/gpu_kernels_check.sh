@@ -38,7 +38,7 @@ fi
 
 "$PY" - <<'PYEOF'
 import os, time, torch
-from rmt.ssm import SelectiveSSM
+from rmt.model.ssm import SelectiveSSM
 
 torch.manual_seed(0)
 layer = SelectiveSSM(512, head_dim=64, d_state=64, conv_width=4, chunk=64).cuda()

@@ -42,12 +42,12 @@ def test_flat_config_migrates_to_the_sections():
 def test_a_removed_option_that_was_on_is_refused_and_one_that_was_off_is_dropped(tmp_path):
     flat = json.loads((FIXTURES / "visual" / "config.json").read_text())
     assert "core_read_distance" not in migrate_flat({**flat, "core_read_distance": False})
-    with pytest.raises(ConfigError, match="core_read_distance = True is no longer supported: measured"):
+    with pytest.raises(ConfigError, match="core_read_distance = True is no longer supported: it was measured"):
         RMTConfig.from_dict({**flat, "core_read_distance": True})
     d = tmp_path / "old"
     shutil.copytree(FIXTURES / "visual", d)
     (d / "config.json").write_text(json.dumps({**flat, "core_read_distance": True}))
-    with pytest.raises(CheckpointError, match=r"config\.json.*core_read_distance.*rmt 0\.1"):
+    with pytest.raises(CheckpointError, match=r"config\.json.*core_read_distance.*commit 6491e24"):
         load_model(d)
 
 

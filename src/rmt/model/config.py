@@ -357,8 +357,8 @@ FLAT_KEYS: dict[str, tuple[str | None, str]] = {
     "vision_channels": ("vision", "channels"), "vision_stem": ("vision", "stem"),
     "vision_conv_layers": ("vision", "conv_layers"), "vision_recon": ("vision", "recon"),
 }
-_REMOVED = {"core_read_distance": "measured as giving nothing (experiments/README.md, Sort-of-CLEVR, 2026-11-26); "
-                                  "load this checkpoint with rmt 0.1 (before the nested config)"}
+_REMOVED = {"core_read_distance": "it was measured as giving nothing and removed (experiments/README.md, "
+                                  "Sort-of-CLEVR); delete the key, or use the code of commit 6491e24, which had it"}
 FLAT_ONLY_KEYS = (set(FLAT_KEYS) | set(_REMOVED)) - {name for sec, name in FLAT_KEYS.values() if sec is None} - set(_SECTIONS)
 
 
