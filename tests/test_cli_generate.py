@@ -12,18 +12,12 @@ import torch
 
 from rmt.checkpoint import load_model, save_model
 from rmt.cli import main
-from rmt.model.config import RMTConfig
 from rmt.model import RMT
 from rmt.model.thinking import LatentChange
 from rmt.tokenizer import ByteTokenizer
+from tests.test_model import tiny_config
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def tiny_config(**kw) -> RMTConfig:
-    base = dict(d_model=32, n_prelude=1, n_coda=1, ssm={"head_dim": 16, "chunk": 8},
-                product_keys={"n_keys": 8, "heads": 2, "topk": 4, "d_key": 16}, bank={"d_key": 16}, core={"iters": 3})
-    return RMTConfig.from_dict(base).replace(**kw)
 
 
 @pytest.fixture

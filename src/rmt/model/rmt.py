@@ -65,6 +65,20 @@ class Cache:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
 
+def _stack(layers: nn.ModuleList, x: Tensor, states: list[MixerState] | None, keep: bool
+           ) -> tuple[Tensor, list[MixerState]]:
+    """Run x (B, T, D) through `layers`, each continuing from its state in `states` (None: from the start);
+    keep: also return each layer's state after these tokens (else an empty list)."""
+    new_states = []
+    for i, layer in enumerate(layers):
+        if keep:
+            x, st = layer(x, state=None if states is None else states[i], return_state=True)
+            new_states.append(st)
+        else:
+            x = layer(x)
+    return x, new_states
+
+
 class BankSource:
     """Inputs that become a bank inside `RMT.forward`, with the model's own encoders: subclass and implement
     `build`. A task's batch builder makes them (e.g. `rmt.tasks.sort_of_clevr.ImageBank`); `select` and `to`
@@ -142,33 +156,21 @@ class RMT(nn.Module):
         terms, reader_state = None, None
         if memory or keep:  # the token terms only feed reads; a cache keeps their state even with memory off
             terms, reader_state = self.reader.token_terms(idx, h, cache.reader if cont else None)
-        prelude = []
-        for i, layer in enumerate(self.prelude):
-            if keep:
-                h, st = layer(h, state=cache.prelude[i] if cont else None, return_state=True)
-                prelude.append(st)
-            else:
-                h = layer(h)
+        h, prelude = _stack(self.prelude, h, cache.prelude if cont else None, keep)
         routing = self.router(h, mode=router, hard=hard)
         m = self.reader.read(h, terms, bank) if memory else None
         e = h + routing.w_memory.unsqueeze(-1) * m if memory else h
         core_states = cache.core if keep else None
         if iters > 0 and bool(routing.think_mask.any()):
             s, used, new_core = self.core(
-                e, routing.w_think, iters, states=core_states if cont else None, keep_states=keep, bptt=bptt, exit_rule=exit_rule,
-                init=self.config.core.init, readout=lambda st: self._head(e + st),
+                e, routing.w_think, iters, states=core_states if cont else None, keep_states=keep, bptt=bptt,
+                exit_rule=exit_rule, init=self.config.core.init, readout=lambda st: self._head(e + st),
                 memory=self.reader.core_read(e, routing.w_memory, bank) if memory else None)
             x = e + s
             core_states = new_core if keep else None
         else:  # nobody thinks: the core's sequence states stay exactly as they were
             x, used = e, torch.zeros(idx.shape, device=idx.device)
-        coda = []
-        for i, layer in enumerate(self.coda):
-            if keep:
-                x, st = layer(x, state=cache.coda[i] if cont else None, return_state=True)
-                coda.append(st)
-            else:
-                x = layer(x)
+        x, coda = _stack(self.coda, x, cache.coda if cont else None, keep)
         new_cache = (Cache(prelude, core_states, coda, cache.length + idx.shape[1], cache.explicit_bank,
                            reader_state if (self.config.reader.query_conv or self.config.reader.query_ema) else None)
                      if keep else None)
