@@ -123,11 +123,12 @@ class PlainGRU(nn.Module):
 
 
 class RMTProbe(nn.Module):
-    def __init__(self, V, core="gru", d=128, hc=256, n_pre=2, n_coda=1, kmax=4, bptt=2):
+    def __init__(self, V, core="gru", d=128, hc=256, n_pre=2, n_coda=1, kmax=4, bptt=2, prelude="conv"):
         super().__init__()
         self.core_kind, self.kmax, self.bptt = core, kmax, bptt
         self.emb = nn.Embedding(V, d)
         self.pre = nn.ModuleList([ConvBlock(d) for _ in range(n_pre)])
+        self.pre_gru = nn.GRU(d, d, batch_first=True) if prelude == "gru" else None
         self.snorm, self.enorm = RMSNorm(d), RMSNorm(d)
         if core == "gru":
             self.mix = nn.GRU(2 * d, hc, batch_first=True)
@@ -151,6 +152,8 @@ class RMTProbe(nn.Module):
 
     def forward(self, idx, K):
         e = self.emb(idx)
+        if self.pre_gru is not None:
+            e = self.pre_gru(e)[0]
         for b in self.pre:
             e = b(e)
         s = torch.zeros_like(e)
@@ -174,7 +177,8 @@ class RMTProbe(nn.Module):
 def build(args, V):
     if args.model == "gru":
         return PlainGRU(V, d=args.d_gru)
-    return RMTProbe(V, core=args.model.split("_")[1], d=args.d, hc=args.hc, kmax=args.kmax, bptt=args.bptt)
+    return RMTProbe(V, core=args.model.split("_")[1], d=args.d, hc=args.hc, n_pre=args.n_pre, n_coda=args.n_coda,
+                    kmax=args.kmax, bptt=args.bptt, prelude=args.prelude)
 
 
 # ----------------------------------------------------------------------------------------------- eval / train
@@ -216,10 +220,15 @@ def main():
     ap.add_argument("--hc", type=int, default=256)
     ap.add_argument("--d-gru", type=int, default=256)
     ap.add_argument("--kmax", type=int, default=4)
+    ap.add_argument("--emb-std", type=float, default=0.0, help="if > 0: embedding (= tied head) init std")
+    ap.add_argument("--n-pre", type=int, default=2)
+    ap.add_argument("--prelude", default="conv", choices=["conv", "gru"], help="gru: one nn.GRU(d, d) before the conv blocks")
+    ap.add_argument("--n-coda", type=int, default=1)
     ap.add_argument("--kmin", type=int, default=1)
     ap.add_argument("--bptt", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stop-at", type=int, default=0, help="checkpoint and exit at this step (schedule still --steps)")
     ap.add_argument("--time-only", type=int, default=0, help="just time this many steps, no checkpoint")
     args = ap.parse_args()
     name = args.name or args.model
@@ -228,6 +237,8 @@ def main():
     D = load_data()
     torch.manual_seed(args.seed)
     model = build(args, D["vocab"])
+    if args.emb_std > 0:
+        nn.init.normal_(model.emb.weight, std=args.emb_std)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(args.seed)
     step = 0
@@ -244,7 +255,7 @@ def main():
     while step < args.steps:
         if args.time_only and seg_steps >= args.time_only:
             break
-        if not args.time_only and timer.wall() > args.max_wall:
+        if not args.time_only and (timer.wall() > args.max_wall or (args.stop_at and step >= args.stop_at)):
             break
         t0, c0 = time.perf_counter(), time.process_time()
         for g in opt.param_groups:
