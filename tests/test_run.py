@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rmt.checkpoint import load_model
 from rmt.cli import main
 from rmt.model.config import ConfigError
 from rmt.training.run import RunConfig
@@ -235,3 +236,30 @@ def test_more_config_mistakes_are_caught_up_front(config_file, edit, needle):
 def test_resume_refuses_flags_it_would_ignore(config_file, tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--seed", "4"]) == 2
     assert "drop --seed" in capsys.readouterr().err
+
+
+def test_a_bpe_run_learns_its_tokenizer_sizes_the_model_and_resumes_with_it(tmp_path):
+    """[tokenizer] kind = "bpe": learned from the run's training texts, saved in every checkpoint, its vocabulary
+    the model's; a resumed run reads it back (never retrains it) and ends with the weights of an unbroken run."""
+    config = tmp_path / "bpe.toml"
+    config.write_text(CONFIG.replace("[model]", '[tokenizer]\nkind = "bpe"\nvocab_size = 400\n[model]'))
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert main(["train", "--config", str(config), "--out", str(full), "--no-progress"]) == 0
+    model, tok = load_model(full / "checkpoints" / "latest")
+    assert type(tok).__name__ == "BPETokenizer" and model.config.vocab_size == tok.vocab_size <= 400
+    assert model.config.pad_id == tok.pad_id and len(tok.encode(" 12 apples")) < len(" 12 apples")
+    assert json.loads((full / "run_config.json").read_text())["model"]["vocab_size"] == tok.vocab_size
+    assert main(["train", "--config", str(config), "--out", str(split), "--max-steps", "12", "--no-progress"]) == 0
+    assert main(["train", "--resume", str(split), "--no-progress"]) == 0
+    a, b = _weights(full), _weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the answer generator reads the run's own tokenizer from the checkpoint
+    assert main(["generate", "--checkpoint", str(full), "--prompt", "Q: 1 + 2? A:", "--max-new-tokens", "3"]) == 0
+
+
+@pytest.mark.parametrize("table,match", [('kind = "words"', "tokenizer.kind"), ("vocab_size = 10", "tokenizer.vocab_size"),
+                                         ("size = 3", r"unknown key\(s\) \['size'\]")])
+def test_a_bad_tokenizer_table_names_the_file_and_field(config_file, table, match):
+    config_file.write_text(CONFIG.replace("[model]", f"[tokenizer]\n{table}\n[model]"))
+    with pytest.raises(ConfigError, match=rf"{config_file} \[tokenizer\]: .*{match}"):
+        RunConfig.from_toml(config_file)

@@ -1,5 +1,9 @@
 """Tokenizers: raw UTF-8 bytes, or a byte-level BPE trained locally with Hugging Face `tokenizers`.
 
+A training run says which in its ``[tokenizer]`` table (`TokenizerConfig`): bytes (the default), or a BPE
+learned from the run's own training text, whose vocabulary size then sets the model's (fewer tokens per
+example, so more examples per second of compute: a word problem is ~90 bytes but ~30 words).
+
 Both satisfy the `Tokenizer` protocol. "\\n" ends every training sample (see `rmt.tasks.base.Example.text`), so
 `eos_id` is defined as the single id that `encode("\\n")` returns, and the generator stops when it is emitted.
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -146,3 +151,40 @@ def load_tokenizer(directory: str | Path) -> ByteTokenizer | BPETokenizer:
     if kind == BPETokenizer.kind:
         return BPETokenizer.from_file(directory / BPE_FILE)
     raise ValueError(f"{config_path}: kind: expected 'byte' or 'bpe', got {kind!r}")
+
+
+@dataclass
+class TokenizerConfig:
+    """The ``[tokenizer]`` table of a training config.
+
+    kind "byte": `ByteTokenizer`. kind "bpe": `BPETokenizer.train` on the run's training texts with this
+    vocab_size (every byte stays a token, so any text still round-trips; frequent words and numbers become one)."""
+
+    kind: str = "byte"
+    vocab_size: int = 2048  # bpe only
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("byte", "bpe"):
+            raise ValueError(f"tokenizer.kind: expected 'byte' or 'bpe', got {self.kind!r}")
+        if not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool) or self.vocab_size < 258:
+            raise ValueError(f"tokenizer.vocab_size: expected an integer >= 258 (256 bytes + <pad> + one merge), "
+                             f"got {self.vocab_size!r}")
+
+    @classmethod
+    def from_dict(cls, data: object) -> "TokenizerConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"tokenizer: expected a table, got {data!r}")
+        known = [f for f in ("kind", "vocab_size")]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"tokenizer: unknown key(s) {unknown}; known keys: {known}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def build(self, texts: Iterable[str]) -> ByteTokenizer | BPETokenizer:
+        """The tokenizer this config describes; `texts` (consumed once) are what a BPE learns its merges from."""
+        if self.kind == "byte":
+            return ByteTokenizer()
+        return BPETokenizer.train(texts, vocab_size=self.vocab_size)

@@ -51,14 +51,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps: expected >= 1, got {args.max_steps}")
     from rmt.evaluation.task_reports import write_task_reports
-    from rmt.tokenizer import ByteTokenizer
     from rmt.training.run import task_settings
 
     names = sorted({t for s in cfg.stages for t in s.tasks})
     settings = {name: task_settings(cfg, name) for name in names}
     train(cfg, out, resume=bool(args.resume), max_steps=args.max_steps, progress=not args.no_progress,
           overwrite=args.overwrite,
-          on_end=lambda model, seconds: write_task_reports(model, settings, ByteTokenizer(), out, seconds))
+          on_end=lambda model, tok, seconds: write_task_reports(model, settings, tok, out, seconds))
     print(f"run folder: {out} (last checkpoint: {out / 'checkpoints' / 'latest'})")
     return 0
 

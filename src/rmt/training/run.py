@@ -46,7 +46,7 @@ from rmt.rundir import RunFolder, claim_folder, reason, writing
 from rmt.model import RMT
 from rmt.model.presets import preset
 from rmt.tasks import TASKS, get_task
-from rmt.tokenizer import ByteTokenizer
+from rmt.tokenizer import ByteTokenizer, TokenizerConfig
 from rmt.training.curriculum import Stage
 from rmt.training import distributed
 from rmt.training.batches import collate, encode_example, filter_examples
@@ -67,6 +67,8 @@ class RunConfig:
     eval_every: int = 0  # optimizer steps between validation losses (0 = none)
     eval_task: str = ""  # the task whose validation split is scored (default: the last stage's first task)
     eval_rows: int = 512  # validation examples scored each time (the first ones, the same every time)
+    # [tokenizer]: bytes, or a BPE learned from the run's training texts (its vocabulary size sets the model's)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     preset: str | None = None
 
     def __post_init__(self) -> None:
@@ -103,6 +105,10 @@ class RunConfig:
                 stages.append(Stage.from_dict(st))
             except ConfigError as e:
                 raise ConfigError(f"{source} stages[{i}]: {e}") from None
+        try:
+            tokenizer = TokenizerConfig.from_dict(raw.pop("tokenizer", {}))
+        except ValueError as e:
+            raise ConfigError(f"{source} [tokenizer]: {e}") from None
         tasks = raw.pop("tasks", {})
         for name in tasks:
             if name not in TASKS:
@@ -123,7 +129,7 @@ class RunConfig:
         if not stages:
             raise ConfigError(f"{source}: stages: expected at least one [[stages]] table, found none")
         try:
-            return cls(model=model, stages=stages, tasks=tasks, preset=name, **raw)
+            return cls(model=model, stages=stages, tasks=tasks, tokenizer=tokenizer, preset=name, **raw)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
 
@@ -150,7 +156,8 @@ class RunConfig:
         return {"model": self.model.to_dict(), "stages": [vars(s) for s in self.stages], "tasks": self.tasks,
                 "seed": self.seed, "log_every": self.log_every, "checkpoint_every": self.checkpoint_every,
                 "keep_checkpoints": self.keep_checkpoints, "device": self.device, "parallel": self.parallel,
-                "eval_every": self.eval_every, "eval_task": self.eval_task, "eval_rows": self.eval_rows}
+                "eval_every": self.eval_every, "eval_task": self.eval_task, "eval_rows": self.eval_rows,
+                "tokenizer": self.tokenizer.to_dict()}
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -251,10 +258,10 @@ def _save(out: Path, model: RMT, tok, state: dict, keep: int) -> None:
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: int | None = None,
           progress: bool = True, overwrite: bool = False,
-          on_end: Callable[[RMT, float], None] | None = None) -> RMT:
+          on_end: Callable[[RMT, Any, float], None] | None = None) -> RMT:
     """Run (or continue) the configured curriculum, writing checkpoints and metrics under `out`.
 
-    on_end(model, train_seconds): called on rank 0 when training stops (`rmt train` writes the tasks' own
+    on_end(model, tokenizer, train_seconds): called on rank 0 when training stops (`rmt train` writes the tasks' own
     reports there: `rmt.evaluation.task_reports.write_task_reports`).
 
     The folder is locked while this runs (rank 0 holds the lock). A new run (not `resume`) is refused in a
@@ -278,22 +285,25 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, max_steps: i
 
 
 def _train(cfg: RunConfig, out: Path, pools: dict, sources: dict, rank: int, world: int, device: torch.device,
-           resume: bool, max_steps: int | None, progress: bool, on_end: Callable[[RMT, float], None] | None) -> RMT:
+           resume: bool, max_steps: int | None, progress: bool, on_end: Callable[[RMT, Any, float], None] | None) -> RMT:
     torch.manual_seed(cfg.seed)
-    tok = ByteTokenizer()
     state = None
     latest = out / "checkpoints" / "latest"
     if resume:
         if not latest.exists():
             raise CheckpointError(f"--resume {out}: nothing to resume: no complete checkpoint (checkpoints/latest "
                                   f"is missing); start a new run there with --config ... --out {out} --overwrite")
-        model, _ = load_model(latest)
+        model, tok = load_model(latest)
+        tok = tok or ByteTokenizer()  # the run's own tokenizer, saved in every checkpoint (never retrained)
         if model.config != cfg.model:
             raise CheckpointError(f"{latest}: checkpoint was written for another model config than {out}/run_config.json")
         state = load_training_state(latest)
         if state["stage_index"] >= len(cfg.stages):
             return model
     else:
+        tok = build_tokenizer(cfg, pools)
+        # the tokenizer decides the vocabulary; run_config.json (written below) keeps the resolved model config
+        cfg.model = cfg.model.replace(vocab_size=tok.vocab_size, pad_id=tok.pad_id)
         model = RMT(cfg.model)
     model.to(device)
     if world > 1 and cfg.parallel == "fsdp":
@@ -327,7 +337,7 @@ def _train(cfg: RunConfig, out: Path, pools: dict, sources: dict, rank: int, wor
     trainer.run(cfg.stages, resume=state)
     if rank == 0 and on_end is not None:
         # optimizer-step wall seconds of the whole run, a resumed one included (kept in the checkpoints)
-        on_end(model, trainer.train_seconds)
+        on_end(model, tok, trainer.train_seconds)
     return model
 
 
@@ -338,6 +348,13 @@ def _tensorboard(directory: Path):
     except ImportError:
         return None
     return SummaryWriter(str(directory))
+
+
+def build_tokenizer(cfg: RunConfig, pools: dict[str, list]):
+    """The run's tokenizer: bytes, or a BPE learned from every training example of the run's tasks (in task-name
+    order, so the same config gives the same tokenizer)."""
+    texts = (ex.text() for name in sorted(pools) for ex in pools[name])
+    return cfg.tokenizer.build(texts)
 
 
 def task_settings(cfg: RunConfig, name: str) -> dict[str, Any]:
