@@ -3,11 +3,12 @@ import json
 import pytest
 import torch
 
+from rmt.checkpoint import load_model
 from rmt.model.config import ConfigError, RMTConfig
 from rmt.harness.demo import DemoPlan, format_table, run_demo
 from rmt.model import RMT
 from rmt.tasks import Example
-from rmt.tokenizer import ByteTokenizer
+from rmt.tokenizer import ByteTokenizer, TokenizerConfig
 from rmt.training import Stage, Trainer
 from rmt.training.batches import collate, encode_example
 from rmt.training.trainer import NonFiniteLoss, lr_at, param_groups
@@ -134,3 +135,14 @@ def test_demo_pipeline_end_to_end(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert lines and all("loss" in json.loads(l) for l in lines)
     assert "knowledge EM" in format_table(report)
+
+
+def test_demo_with_a_bpe_tokenizer_sizes_the_model_by_it_and_saves_it(tmp_path):
+    stages = [Stage("facts", 3, {"facts-synthetic": 1.0}, batch_size=8, frozen=["router"])]
+    plan = DemoPlan(RMTConfig.from_dict(TINY), stages, n_knowledge_eval=10, n_math_eval=10,
+                    arithmetic={"n_train": 500, "n_validation": 10, "n_test": 50}, facts={"n_entities": 60},
+                    tokenizer=TokenizerConfig("bpe", 400))
+    report = run_demo(seed=0, out=tmp_path, plan=plan, progress=False)
+    model, tok = load_model(tmp_path / "checkpoint")
+    assert type(tok).__name__ == "BPETokenizer" and report["tokenizer"] == {"kind": "bpe", "vocab_size": tok.vocab_size}
+    assert model.config.vocab_size == tok.vocab_size and model.config.pad_id == tok.pad_id

@@ -27,7 +27,7 @@ from rmt.model import RMT
 from rmt.evaluation.plots import plot_training
 from rmt.rundir import claim_folder, writing
 from rmt.tasks import get_task
-from rmt.tokenizer import ByteTokenizer
+from rmt.tokenizer import TokenizerConfig
 from rmt.training import Stage, Trainer
 
 
@@ -39,6 +39,8 @@ class DemoPlan:
     n_math_eval: int = 1000
     arithmetic: dict = field(default_factory=lambda: {"n_train": 100_000})
     facts: dict = field(default_factory=dict)
+    # bytes, or a BPE learned from the demo's training texts (its vocabulary then sizes the model's)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
 
 def demo_plan(quick: bool = False, steps_mult: float = 1.0) -> DemoPlan:
@@ -90,12 +92,12 @@ def _run_demo(seed: int, out: Path, quick: bool, steps_mult: float, progress: bo
     random.seed(seed)
     torch.manual_seed(seed)
     plan = plan or demo_plan(quick, steps_mult)
-    tok = ByteTokenizer()
     facts = get_task("facts-synthetic", seed=seed, **plan.facts)
     arith = get_task("arithmetic", seed=seed, **plan.arithmetic)
     pools = {"facts-synthetic": facts.split("train"), "arithmetic": arith.split("train")}
+    tok = plan.tokenizer.build(ex.text() for name in sorted(pools) for ex in pools[name])
 
-    model = RMT(plan.model).to(device)
+    model = RMT(plan.model.replace(vocab_size=tok.vocab_size, pad_id=tok.pad_id)).to(device)
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
 
@@ -133,6 +135,7 @@ def _run_demo(seed: int, out: Path, quick: bool, steps_mult: float, progress: bo
                  "acc_by_steps": math.by["steps"], "acc_by_steps_recurrence_off": math_off.by["steps"],
                  "tokens_per_answer": math.tokens_per_answer, "think_iters_per_token": math.think_iters_per_token},
         "stages": [{"name": s.name, "steps": s.steps, "tasks": s.tasks} for s in plan.stages],
+        "tokenizer": {"kind": plan.tokenizer.kind, "vocab_size": tok.vocab_size},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": device,
                     "threads": torch.get_num_threads()},
     }
@@ -181,6 +184,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/demo", help="output folder (report.json, metrics.jsonl, checkpoint/)")
     p.add_argument("--steps-mult", type=float, default=1.0, help="train this many times longer than the default")
+    p.add_argument("--tokenizer", choices=["byte", "bpe"], default="byte",
+                   help="bytes (the default), or a BPE learned from the demo's training texts")
+    p.add_argument("--bpe-vocab", type=int, default=2048, help="the BPE's vocabulary size (with --tokenizer bpe)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--device", default="cpu", help="cpu (the default, what the budget is set for) or cuda")
     p.add_argument("--overwrite", action="store_true",
@@ -191,8 +197,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _main(args: argparse.Namespace) -> int:
     if args.steps_mult <= 0:
         raise UsageError(f"--steps-mult: expected > 0, got {args.steps_mult}")
+    try:
+        tokenizer = TokenizerConfig(args.tokenizer, args.bpe_vocab)
+    except ValueError as e:
+        raise UsageError(f"--bpe-vocab: {e}") from None
+    plan = demo_plan(args.quick, args.steps_mult)
+    plan.tokenizer = tokenizer
     report = run_demo(seed=args.seed, out=args.out, quick=args.quick, steps_mult=args.steps_mult,
-                      progress=not args.no_progress, device=args.device, overwrite=args.overwrite)
+                      progress=not args.no_progress, device=args.device, overwrite=args.overwrite, plan=plan)
     print(format_table(report))
     print(f"report: {Path(args.out) / 'report.json'}")
     return 0
