@@ -29,6 +29,7 @@ from rmt.rundir import claim_folder, writing
 from rmt.tasks import get_task
 from rmt.tokenizer import TokenizerConfig
 from rmt.training import Stage, Trainer
+from rmt.training.run import build_tokenizer
 
 
 @dataclass
@@ -96,7 +97,7 @@ def _run_demo(seed: int, out: Path, quick: bool, steps_mult: float, progress: bo
     facts = get_task("facts-synthetic", seed=seed, **plan.facts)
     arith = get_task("arithmetic", seed=seed, **plan.arithmetic)
     pools = {"facts-synthetic": facts.split("train"), "arithmetic": arith.split("train")}
-    tok = plan.tokenizer.build(ex.text() for name in sorted(pools) for ex in pools[name])
+    tok = build_tokenizer(plan.tokenizer, pools)
 
     model = RMT(plan.model.replace(vocab_size=tok.vocab_size, pad_id=tok.pad_id)).to(device)
     metrics_path = out / "metrics.jsonl"

@@ -68,7 +68,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, Pret
 from transformers.utils import ModelOutput  # noqa: E402
 
 from rmt.checkpoint import load_model  # noqa: E402
-from rmt.model.config import FLAT_ONLY_KEYS, RMTConfig, migrate_flat  # noqa: E402
+from rmt.model.config import RMTConfig, is_flat, migrate_flat  # noqa: E402
 from rmt.model import RMT, Cache  # noqa: E402
 from rmt.tokenizer import BPE_FILE, PAD_TOKEN, BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer  # noqa: E402
 
@@ -111,8 +111,7 @@ class RMTHFConfig(PretrainedConfig):
 
     def __init__(self, **kwargs: Any) -> None:
         # A folder exported before the config was nested has the flat keys (mem_n_keys, think_iters, ...).
-        legacy = {k: kwargs.pop(k) for k in list(kwargs) if k in FLAT_ONLY_KEYS
-                  or (k == "vision" and not isinstance(kwargs[k], dict))}
+        legacy = {k: kwargs.pop(k) for k in list(kwargs) if is_flat({k: kwargs[k]})}
         for section, values in migrate_flat(legacy).items():
             kwargs[section] = {**kwargs.get(section, {}), **values} if isinstance(values, dict) else values
         given = {name: kwargs.pop(name) for name in _RMT_FIELDS if name in kwargs}

@@ -379,8 +379,11 @@ def migrate_flat(data: dict[str, Any], source: str | None = None) -> dict[str, A
                 at = f"{source}: " if source else ""
                 raise ConfigError(f"{at}{key} = {value!r} is no longer supported: {_REMOVED[key]}")
             continue
-        if key not in FLAT_KEYS or (key in _SECTIONS and isinstance(value, dict)):  # already nested
-            out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) and key in _SECTIONS else value
+        if key in _SECTIONS and isinstance(value, dict):  # a section already nested: merge with migrated keys
+            out[key] = {**out.get(key, {}), **value}
+            continue
+        if key not in FLAT_KEYS:  # left for from_dict to accept or report
+            out[key] = value
             continue
         section, name = FLAT_KEYS[key]
         if section is None:

@@ -171,8 +171,7 @@ class RMT(nn.Module):
         else:  # nobody thinks: the core's sequence states stay exactly as they were
             x, used = e, torch.zeros(idx.shape, device=idx.device)
         x, coda = _stack(self.coda, x, cache.coda if cont else None, keep)
-        new_cache = (Cache(prelude, core_states, coda, cache.length + idx.shape[1], cache.explicit_bank,
-                           reader_state if (self.config.reader.query_conv or self.config.reader.query_ema) else None)
+        new_cache = (Cache(prelude, core_states, coda, cache.length + idx.shape[1], cache.explicit_bank, reader_state)
                      if keep else None)
         return x, routing, used, m, new_cache
 

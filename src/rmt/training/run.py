@@ -301,7 +301,7 @@ def _train(cfg: RunConfig, out: Path, pools: dict, sources: dict, rank: int, wor
         if state["stage_index"] >= len(cfg.stages):
             return model
     else:
-        tok = build_tokenizer(cfg, pools)
+        tok = build_tokenizer(cfg.tokenizer, pools)
         # the tokenizer decides the vocabulary; run_config.json (written below) keeps the resolved model config
         cfg.model = cfg.model.replace(vocab_size=tok.vocab_size, pad_id=tok.pad_id)
         model = RMT(cfg.model)
@@ -350,11 +350,10 @@ def _tensorboard(directory: Path):
     return SummaryWriter(str(directory))
 
 
-def build_tokenizer(cfg: RunConfig, pools: dict[str, list]):
+def build_tokenizer(config: TokenizerConfig, pools: dict[str, list]):
     """The run's tokenizer: bytes, or a BPE learned from every training example of the run's tasks (in task-name
     order, so the same config gives the same tokenizer)."""
-    texts = (ex.text() for name in sorted(pools) for ex in pools[name])
-    return cfg.tokenizer.build(texts)
+    return config.build(ex.text() for name in sorted(pools) for ex in pools[name])
 
 
 def task_settings(cfg: RunConfig, name: str) -> dict[str, Any]:
