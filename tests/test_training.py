@@ -15,6 +15,11 @@ from rmt.training.trainer import NonFiniteLoss, lr_at, param_groups
 
 TINY = dict(d_model=32, n_prelude=1, n_coda=1, ssm={"head_dim": 16, "chunk": 16},
             product_keys={"n_keys": 8, "heads": 2, "topk": 4, "d_key": 16}, bank={"d_key": 16}, core={"iters": 2})
+# the demo's kind of model, as small: a GRU core, a fact bank read by softmax, text keys
+TINY_DEMO = dict(d_model=32, n_prelude=1, n_coda=1, ssm={"head_dim": 16, "chunk": 16},
+                 product_keys={"enabled": False}, bank={"d_key": 16, "read": "softmax"},
+                 reader={"query_ema": 8, "query_state": False}, core={"mixer": "gru", "n_layers": 1, "iters": 1})
+DEMO_FACTS = {"n_train_entities": 50, "n_validation_entities": 5, "n_test_entities": 20}
 
 
 def _pools():
@@ -114,18 +119,19 @@ def test_unknown_stage_key_is_named():
 
 def test_demo_pipeline_end_to_end(tmp_path):
     """A micro version of `rmt demo`: the real tasks, trainer, evaluation and report, a few steps each."""
-    stages = [Stage("facts", 4, {"facts-synthetic": 1.0}, batch_size=8, frozen=["router"]),
-              Stage("math", 4, {"arithmetic": 0.75, "facts-synthetic": 0.25}, batch_size=8)]
-    plan = DemoPlan(RMTConfig.from_dict(TINY), stages, n_knowledge_eval=20, n_math_eval=20,
-                    arithmetic={"n_train": 2000, "n_validation": 20, "n_test": 100},
-                    facts={"n_entities": 60})
+    stages = [Stage("facts", 4, {"facts-bank": 1.0}, batch_size=8, frozen=["router"]),
+              Stage("math", 4, {"arithmetic": 0.75, "facts-bank": 0.25}, batch_size=8)]
+    plan = DemoPlan(RMTConfig.from_dict(TINY_DEMO), stages, n_knowledge_eval=20, n_math_eval=20, n_edits=10,
+                    n_timed=2, arithmetic={"n_train": 2000, "n_validation": 20, "n_test": 100}, facts=DEMO_FACTS)
     report = run_demo(seed=1, out=tmp_path, plan=plan, progress=False)
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     for key in ("seed", "wall_seconds", "params"):
         assert key in on_disk
-    assert set(on_disk["knowledge"]) >= {"em", "em_memory_off", "n"}
-    assert set(on_disk["math"]) >= {"acc", "acc_recurrence_off", "n"}
+    assert set(on_disk["knowledge"]) >= {"em", "em_memory_off", "em_recurrence_off", "n", "edit_success",
+                                          "deleted_still_answered", "seconds_per_answer_b1_routed"}
+    assert set(on_disk["math"]) >= {"acc", "acc_recurrence_off", "acc_memory_off", "n"}
+    assert on_disk["knowledge"]["n_edits"] == 10
     for v in (on_disk["knowledge"]["em"], on_disk["knowledge"]["em_memory_off"], on_disk["math"]["acc"],
               on_disk["math"]["acc_recurrence_off"]):
         assert 0.0 <= v <= 1.0
@@ -138,9 +144,9 @@ def test_demo_pipeline_end_to_end(tmp_path):
 
 
 def test_demo_with_a_bpe_tokenizer_sizes_the_model_by_it_and_saves_it(tmp_path):
-    stages = [Stage("facts", 3, {"facts-synthetic": 1.0}, batch_size=8, frozen=["router"])]
-    plan = DemoPlan(RMTConfig.from_dict(TINY), stages, n_knowledge_eval=10, n_math_eval=10,
-                    arithmetic={"n_train": 500, "n_validation": 10, "n_test": 50}, facts={"n_entities": 60},
+    stages = [Stage("facts", 3, {"facts-bank": 1.0}, batch_size=8, frozen=["router"])]
+    plan = DemoPlan(RMTConfig.from_dict(TINY_DEMO), stages, n_knowledge_eval=10, n_math_eval=10, n_edits=5, n_timed=2,
+                    arithmetic={"n_train": 500, "n_validation": 10, "n_test": 50}, facts=DEMO_FACTS,
                     tokenizer=TokenizerConfig("bpe", 400))
     report = run_demo(seed=0, out=tmp_path, plan=plan, progress=False)
     model, tok = load_model(tmp_path / "checkpoint")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
@@ -59,9 +60,12 @@ def _natural(k: str) -> tuple:
 @torch.no_grad()
 def evaluate_qa(model: RMT, examples: list[Example], tok: Tokenizer, *, batch_size: int = 64,
                 max_new_tokens: int = 16, group_by: str | None = None, progress: bool = False,
-                desc: str = "eval", **forward_kwargs) -> QAResult:
+                desc: str = "eval", bank_source: Callable[[list[Example]], Any] | None = None,
+                **forward_kwargs) -> QAResult:
     """Greedy-decode an answer for every example; score exact match against target (and aliases).
 
+    bank_source: examples -> `BankSource` (`Task.bank_source`): each batch reads the bank built from its rows
+    (a visual task's images, the facts of a `facts-bank` batch); not built with memory=False.
     forward_kwargs go to `RMT.generate` (think_iters, memory, router, exit_rule, explicit_bank).
     """
     model.eval()
@@ -71,7 +75,10 @@ def evaluate_qa(model: RMT, examples: list[Example], tok: Tokenizer, *, batch_si
     iters_sum, iters_n = 0.0, 0
     for rows in tqdm(length_batches(encoded, batch_size), desc=desc, disable=not progress, unit="batch"):
         idx = torch.tensor([encoded[i] for i in rows], dtype=torch.long, device=next(model.parameters()).device)
-        res = model.generate(idx, max_new_tokens, eos_id=tok.eos_id, **forward_kwargs)
+        kw = dict(forward_kwargs)
+        if bank_source is not None and kw.get("memory", True):
+            kw["explicit_bank"], _ = bank_source([examples[i] for i in rows]).to(idx.device).build(model)
+        res = model.generate(idx, max_new_tokens, eos_id=tok.eos_id, **kw)
         prompt_iters = res.prompt_think_iters
         # Thinking per token over the tokens each row actually read: its prompt and the steps it decoded
         # (a step reads the previous generated token; rows that ended do not step).

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refine-rounds", type=int, default=0, help="refinement rounds R (default 0)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--memory-off", action="store_true", help="never read memory (an ablation)")
+    p.add_argument("--facts", nargs="?", const="", default=None, metavar="FILE",
+                   help="write the facts of this fact file (default: facts.jsonl beside the checkpoint, see "
+                        "`rmt memory write`) into the explicit bank the answers read")
     p.add_argument("--router", default="learned", choices=("learned",) + BRANCHES, help="force a branch")
     p.add_argument("--seed", type=int, default=0, help="generation is greedy; the seed only fixes torch's RNG")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt with every round's answer")
@@ -87,12 +90,13 @@ def _main(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')}: expected >= {low}, got {value}")
     torch.manual_seed(args.seed)
     model, tok = _load(args.checkpoint)
+    bank = _fact_bank(args, model, tok) if args.facts is not None and not args.memory_off else None
     prompts = [(where, _prompt_text(where, data, tok)) for where, data in _prompts(args)]
     for where, prompt in prompts:
         with _PrefillProgress(f"reading {where}", args.prefill_chunk) as bar:
             answers = refine_answer(model, tok, prompt, args.refine_rounds, max_new_tokens=args.max_new_tokens,
                                     think_iters=args.think_iters, memory=not args.memory_off, router=args.router,
-                                    prefill_chunk=args.prefill_chunk, on_prefill=bar.update)
+                                    prefill_chunk=args.prefill_chunk, on_prefill=bar.update, explicit_bank=bank)
         if args.json:
             print(json.dumps({"prompt": prompt, "answer": answers[-1], "rounds": answers}), flush=True)
         else:  # the prompt's own bytes back, then the answer
@@ -125,6 +129,23 @@ class _PrefillProgress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _fact_bank(args: argparse.Namespace, model, tok):
+    """The bank of the fact file --facts names (a run's facts.jsonl by default), encoded by the model."""
+    from rmt.factfile import bank_entries, default_path, read_facts
+    from rmt.tasks.facts_bank import FactBank
+
+    c = model.config
+    if not (c.bank.enabled and c.reader.query_ema):
+        raise UsageError("--facts: this model has no explicit bank that reads fact texts (it needs "
+                         "model.bank.enabled and model.reader.query_ema > 0)")
+    path = Path(args.facts) if args.facts else default_path(find_checkpoint(args.checkpoint))
+    facts = read_facts(path)
+    if not facts:
+        raise UsageError(f"--facts: {path} holds no facts")
+    with torch.no_grad():
+        return FactBank.from_texts(bank_entries(facts), tok, rows=1).build(model)[0]
 
 
 def _load(run: str):

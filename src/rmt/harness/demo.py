@@ -13,7 +13,7 @@ import json
 import platform
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as dc_replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,8 @@ from rmt.model import RMT
 from rmt.evaluation.plots import plot_training
 from rmt.rundir import claim_folder, writing
 from rmt.tasks import get_task
+from rmt.tasks.facts_bank import FactBank
+from rmt.tasks.facts_synthetic import ATTRIBUTES
 from rmt.tokenizer import TokenizerConfig
 from rmt.training import Stage, Trainer
 from rmt.training.run import build_tokenizer
@@ -38,38 +40,47 @@ class DemoPlan:
     stages: list[Stage]
     n_knowledge_eval: int | None = None  # None = the whole test split
     n_math_eval: int = 1000
+    n_edits: int = 400  # bank edits (and deletions) evaluated
+    n_timed: int = 40  # knowledge answers timed at batch size 1, routed and forced to think
     arithmetic: dict = field(default_factory=lambda: {"n_train": 100_000})
-    facts: dict = field(default_factory=dict)
+    facts: dict = field(default_factory=dict)  # `facts-bank` settings
     # bytes, or a BPE learned from the demo's training texts (its vocabulary then sizes the model's)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+def demo_model() -> RMTConfig:
+    """The demo's RMT: the tiny preset with a token-carried GRU thinking core and a fact bank read by softmax.
+
+    The core carries a running value from token to token (a word problem's count); the bank's keys are
+    encoded as the queries that find them (`RMT.text_bank`), so a question's words find its fact. The product-
+    key memory is off: the demo's knowledge lives in the bank, and the dense layers could hold a fact set
+    this small anyway (experiments/README.md)."""
+    return preset("tiny", {"n_prelude": 1, "core": {"mixer": "gru", "n_layers": 2, "iters": 1},
+                           "product_keys": {"enabled": False}, "bank": {"read": "softmax"},
+                           "reader": {"query_ema": 8, "query_state": False}})
 
 
 def demo_plan(quick: bool = False, steps_mult: float = 1.0) -> DemoPlan:
     """The demo's model and curriculum; `quick` is a smoke-sized version that runs in about two minutes.
 
-    Tokens are a BPE learned from the demo's training texts (a word problem is ~30 tokens instead of ~90 bytes,
-    so a step costs about a third), and the step counts are what then fits the 10-minute budget on a 2-core CPU
-    (about 8.5 minutes of training). `steps_mult` trains proportionally longer.
-    """
-    model = preset("tiny", {"core": {"iters": 4}})
+    Stage 1 learns to read the fact bank (questions about people whose facts are only in the bank); stage 2
+    learns easy arithmetic (1-2 steps), then all of it, with the fact questions mixed back in. The router
+    pays for thinking from stage 2 on, so it learns where the core is worth running."""
     scale = (0.12 if quick else 1.0) * steps_mult
 
     def n(steps: int) -> int:
         return max(10, int(steps * scale))
 
-    facts_only = {"facts-synthetic": 1.0}
-    mixed = {"arithmetic": 0.75, "facts-synthetic": 0.25}
+    mixed = {"arithmetic": 0.8, "facts-bank": 0.2}
     stages = [
-        # The router is frozen (thinking everywhere) while nothing needs thinking yet: a compute cost here
-        # would teach it to skip a core that has not learned anything, and it would never come back.
-        Stage("facts", n(1200), facts_only, lr=3e-3, warmup=30, think_iters_min=1, think_iters_max=1, bptt=1,
-              frozen=["router"], router_cost=0.0),
-        Stage("math-easy", n(480), mixed, lr=3e-3, warmup=30, think_iters_min=1, think_iters_max=2,
+        Stage("facts", n(300), {"facts-bank": 1.0}, lr=3e-3, warmup=30, think_iters_min=1, think_iters_max=1,
+              router_cost=0.0),
+        Stage("math-easy", n(300), mixed, lr=3e-3, warmup=30, think_iters_min=1, think_iters_max=1,
               filters={"arithmetic": {"max_steps": 2}}, router_cost=0.0),
-        Stage("math", n(800), mixed, lr=2e-3, warmup=20, think_iters_min=1, think_iters_max=4, router_cost=0.002),
+        Stage("math", n(900), mixed, lr=3e-3, warmup=20, think_iters_min=1, think_iters_max=1, router_cost=0.05),
     ]
-    return DemoPlan(model, stages, n_knowledge_eval=400 if quick else None, n_math_eval=200 if quick else 1000,
-                    tokenizer=TokenizerConfig("bpe", 2048))
+    return DemoPlan(demo_model(), stages, n_knowledge_eval=400 if quick else 1000, n_math_eval=200 if quick else 1000,
+                    n_edits=100 if quick else 400, n_timed=10 if quick else 40, tokenizer=TokenizerConfig("bpe", 2048))
 
 
 def _fmt(x: float) -> str:
@@ -94,12 +105,14 @@ def _run_demo(seed: int, out: Path, quick: bool, steps_mult: float, progress: bo
     random.seed(seed)
     torch.manual_seed(seed)
     plan = plan or demo_plan(quick, steps_mult)
-    facts = get_task("facts-synthetic", seed=seed, **plan.facts)
+    facts = get_task("facts-bank", seed=seed, **plan.facts)
     arith = get_task("arithmetic", seed=seed, **plan.arithmetic)
-    pools = {"facts-synthetic": facts.split("train"), "arithmetic": arith.split("train")}
+    pools = {"facts-bank": facts.split("train"), "arithmetic": arith.split("train")}
     tok = build_tokenizer(plan.tokenizer, pools)
 
-    model = RMT(plan.model.replace(vocab_size=tok.vocab_size, pad_id=tok.pad_id)).to(device)
+    config = plan.model.replace(vocab_size=tok.vocab_size, pad_id=tok.pad_id)
+    facts.check_model(config)
+    model = RMT(config).to(device)
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
 
@@ -107,7 +120,8 @@ def _run_demo(seed: int, out: Path, quick: bool, steps_mult: float, progress: bo
         with metrics_path.open("a") as f:
             f.write(json.dumps(m) + "\n")
 
-    trainer = Trainer(model, tok, pools, seed=seed, on_metrics=log, progress=progress)
+    trainer = Trainer(model, tok, pools, seed=seed, on_metrics=log, progress=progress,
+                      bank_sources={"facts-bank": facts.bank_source("train", tok)})
     for i, stage in enumerate(plan.stages):
         trainer.run_stage(stage, i)
     train_seconds = time.perf_counter() - t0
@@ -116,14 +130,21 @@ def _run_demo(seed: int, out: Path, quick: bool, steps_mult: float, progress: bo
 
     k_test = seeded_subset(facts.split("test"), plan.n_knowledge_eval, seed)
     m_test = seeded_subset(arith.split("test"), plan.n_math_eval, seed)
+    bank = facts.bank_source("test", tok)
     ev = dict(progress=progress, batch_size=128)
-    know = evaluate_qa(model, k_test, tok, max_new_tokens=16, desc="knowledge", **ev)
-    know_off = evaluate_qa(model, k_test, tok, max_new_tokens=16, memory=False, desc="knowledge, memory off", **ev)
-    math = evaluate_qa(model, m_test, tok, max_new_tokens=6, group_by="steps", desc="math", **ev)
-    math_off = evaluate_qa(model, m_test, tok, max_new_tokens=6, group_by="steps", think_iters=0,
-                           desc="math, recurrence off", **ev)
+    kq = dict(max_new_tokens=8, bank_source=bank, **ev)
+    mq = dict(max_new_tokens=6, group_by="steps", **ev)
+    know = evaluate_qa(model, k_test, tok, desc="knowledge", **kq)
+    know_mem_off = evaluate_qa(model, k_test, tok, memory=False, desc="knowledge, memory off", **kq)
+    know_rec_off = evaluate_qa(model, k_test, tok, think_iters=0, desc="knowledge, recurrence off", **kq)
+    math = evaluate_qa(model, m_test, tok, desc="math", **mq)
+    math_rec_off = evaluate_qa(model, m_test, tok, think_iters=0, desc="math, recurrence off", **mq)
+    math_mem_off = evaluate_qa(model, m_test, tok, memory=False, desc="math, memory off", **mq)
+    edits = evaluate_edits(model, facts, tok, seeded_subset(k_test, plan.n_edits, seed + 1), seed, ev)
+    timing = time_knowledge_answers(model, facts, tok, k_test[: plan.n_timed])
     wall = time.perf_counter() - t0
 
+    ratio = math.think_iters_per_token / max(know.think_iters_per_token, 1e-9)
     report = {
         "seed": seed,
         "quick": quick,
@@ -131,11 +152,15 @@ def _run_demo(seed: int, out: Path, quick: bool, steps_mult: float, progress: bo
         "train_seconds": round(train_seconds, 1),
         "params": model.num_params(),
         "params_without_memory_values": model.num_params(exclude_memory_values=True),
-        "knowledge": {"em": know.accuracy, "em_memory_off": know_off.accuracy, "n": know.n,
-                      "think_iters_per_token": know.think_iters_per_token},
-        "math": {"acc": math.accuracy, "acc_recurrence_off": math_off.accuracy, "n": math.n,
-                 "acc_by_steps": math.by["steps"], "acc_by_steps_recurrence_off": math_off.by["steps"],
+        "knowledge": {"task": "facts-bank: people never seen in training, facts only in the bank, held-out phrasing",
+                      "em": know.accuracy, "em_memory_off": know_mem_off.accuracy,
+                      "em_recurrence_off": know_rec_off.accuracy, "n": know.n,
+                      "think_iters_per_token": know.think_iters_per_token, **edits, **timing},
+        "math": {"acc": math.accuracy, "acc_recurrence_off": math_rec_off.accuracy,
+                 "acc_memory_off": math_mem_off.accuracy, "n": math.n,
+                 "acc_by_steps": math.by["steps"], "acc_by_steps_recurrence_off": math_rec_off.by["steps"],
                  "tokens_per_answer": math.tokens_per_answer, "think_iters_per_token": math.think_iters_per_token},
+        "router_think_ratio_math_over_knowledge": ratio,
         "stages": [{"name": s.name, "steps": s.steps, "tasks": s.tasks} for s in plan.stages],
         "tokenizer": {"kind": plan.tokenizer.kind, "vocab_size": tok.vocab_size},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": device,
@@ -145,6 +170,44 @@ def _run_demo(seed: int, out: Path, quick: bool, steps_mult: float, progress: bo
     _write_predictions(out / "predictions.jsonl", [("knowledge", k_test, know), ("math", m_test, math)])
     plot_training(trainer.history, out / "training.png")
     return report
+
+
+def evaluate_edits(model: RMT, facts, tok, examples: list, seed: int, ev: dict) -> dict:
+    """Change each asked fact's value in the bank (no weight changes) and ask again: edit success is the share
+    answered with the new value. Then delete it: the share still answered with the old value."""
+    rng = random.Random(f"{seed}/edits")
+    edited = {e: dict(v) for e, v in facts.facts.items()}
+    targets = []
+    for ex in examples:
+        e, attr = ex.meta["entity"], ex.meta["attribute"]
+        values = [v for v in ATTRIBUTES[attr][0] if v != facts.facts[e][attr]]
+        edited[e][attr] = rng.choice(values)
+        targets.append(dc_replace(ex, target=" " + edited[e][attr]))
+    deleted = {e: dict(v) for e, v in facts.facts.items()}
+    for ex in examples:
+        deleted[ex.meta["entity"]].pop(ex.meta["attribute"], None)
+
+    def source(table):
+        return lambda rows: FactBank.from_texts(facts.bank_entries("test", rows, facts=table), tok, len(rows))
+
+    after_edit = evaluate_qa(model, targets, tok, max_new_tokens=8, bank_source=source(edited), desc="edits", **ev)
+    after_delete = evaluate_qa(model, examples, tok, max_new_tokens=8, bank_source=source(deleted),
+                               desc="deletions", **ev)
+    return {"edit_success": after_edit.accuracy, "n_edits": len(examples),
+            "deleted_still_answered": after_delete.accuracy}
+
+
+def time_knowledge_answers(model: RMT, facts, tok, examples: list) -> dict:
+    """Seconds per knowledge answer at batch size 1 (prefill + greedy decoding + the bank), with the learned
+    router and with the router forced to think on every token: what routing saves."""
+    bank = facts.bank_source("test", tok)
+    out = {}
+    for name, router in (("routed", "learned"), ("forced_think", "think")):
+        evaluate_qa(model, examples[:2], tok, max_new_tokens=8, bank_source=bank, batch_size=1, router=router)
+        t = time.perf_counter()
+        evaluate_qa(model, examples, tok, max_new_tokens=8, bank_source=bank, batch_size=1, router=router)
+        out[f"seconds_per_answer_b1_{name}"] = (time.perf_counter() - t) / max(len(examples), 1)
+    return out
 
 
 def seeded_subset(examples: list, n: int | None, seed: int) -> list:
@@ -163,20 +226,25 @@ def _write_predictions(path: Path, runs: list[tuple[str, list, QAResult]]) -> No
 
 
 def format_table(r: dict) -> str:
+    """The demo's tables: the double dissociation (each ablation on each task) and what routing does."""
     k, m = r["knowledge"], r["math"]
-    rows = [
-        ("knowledge EM (held-out phrasing)", _fmt(k["em"]), _fmt(k["em_memory_off"]), "memory off", k["n"]),
-        ("arithmetic accuracy (unseen problems)", _fmt(m["acc"]), _fmt(m["acc_recurrence_off"]), "recurrence off (K=0)",
-         m["n"]),
-    ]
-    lines = [f"| task | RMT | ablated | ablation | n |", "|---|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+    lines = ["| | RMT | memory off | recurrence off (K=0) | n |", "|---|---|---|---|---|",
+             f"| knowledge EM (run-time facts, held-out phrasing) | {_fmt(k['em'])} | {_fmt(k['em_memory_off'])} | "
+             f"{_fmt(k['em_recurrence_off'])} | {k['n']} |",
+             f"| arithmetic accuracy (unseen problems) | {_fmt(m['acc'])} | {_fmt(m['acc_memory_off'])} | "
+             f"{_fmt(m['acc_recurrence_off'])} | {m['n']} |"]
     by = " / ".join(f"{v:.2f}" for _, v in sorted(m["acc_by_steps"].items()))
     by_off = " / ".join(f"{v:.2f}" for _, v in sorted(m["acc_by_steps_recurrence_off"].items()))
     lines.append("")
     lines.append(f"arithmetic accuracy by steps 1/2/3/4: {by}  (recurrence off: {by_off})")
-    lines.append(f"params {r['params']:,} ({r['params_without_memory_values']:,} without memory values), "
-                 f"wall time {r['wall_seconds']:.0f} s (training {r['train_seconds']:.0f} s), seed {r['seed']}")
+    lines.append(f"bank edits answered with the new value: {_fmt(k['edit_success'])} of {k['n_edits']}; "
+                 f"deleted facts still answered: {_fmt(k['deleted_still_answered'])}")
+    lines.append(f"thinking iterations per token: math {m['think_iters_per_token']:.3f}, knowledge "
+                 f"{k['think_iters_per_token']:.3f} (ratio {r['router_think_ratio_math_over_knowledge']:.1f}x); "
+                 f"a knowledge answer at batch 1: {1000 * k['seconds_per_answer_b1_routed']:.1f} ms routed, "
+                 f"{1000 * k['seconds_per_answer_b1_forced_think']:.1f} ms forced to think")
+    lines.append(f"params {r['params']:,}, wall time {r['wall_seconds']:.0f} s (training {r['train_seconds']:.0f} s), "
+                 f"seed {r['seed']}")
     return "\n".join(lines)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rmt.factfile import register_commands as register_fact_commands
+
 
 def _seed(seed: int) -> None:
     random.seed(seed)
@@ -124,8 +126,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --task: refinement rounds R (the draft answer re-read as a thought; default 0)")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("memory", help="explicit memory banks on disk (FAISS, needs rmt[faiss])")
+    p = sub.add_parser("memory", help="explicit memory on disk: a checkpoint's fact file (write, edit, delete, "
+                                      "list) and FAISS-indexed banks (build, needs rmt[faiss])")
     msub = p.add_subparsers(dest="memory_command", required=True)
+    register_fact_commands(msub)
     b = msub.add_parser("build", help="encode fact texts (one per line) with a model into a FAISS-indexed bank")
     b.add_argument("--facts", required=True, help="text file, one fact per line")
     b.add_argument("--checkpoint", required=True, metavar="RUN", help="a run folder or checkpoint folder")

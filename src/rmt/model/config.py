@@ -184,17 +184,29 @@ class ReaderConfig(Section):
 
 @dataclass
 class CoreConfig(Section):
-    """The thinking core: n_layers shared-weight layers iterated K times in depth."""
+    """The thinking core (`rmt.model.thinking`), one of two kinds:
+
+    * ``mixer = "ssm"``: n_layers shared-weight selective-SSM layers iterated K times in depth over the whole
+      sequence (recurrent depth);
+    * ``mixer = "gru"``: n_layers gated GRU layers whose state is carried from token to token, each thinking
+      token taking K update steps (recurrence in time: a running value, such as a word problem's count).
+    """
 
     path: ClassVar[str] = "model.core"
+    mixer: str = "ssm"
     n_layers: int = 1
     iters: int = 4  # K at inference (training samples K per batch from its stage's range)
-    init: str = "zero"  # initial core state: "zero" or "random" (random in training only)
+    init: str = "zero"  # initial core state: "zero" or "random" (random in training only; ssm core)
+    hidden: int = 0  # gru core: width of the recurrent state (0 = mlp_mult * d_model)
+
+    MIXERS: ClassVar[tuple[str, ...]] = ("ssm", "gru")
 
     def validate(self) -> None:
         super().validate()
         self._positive("n_layers")
-        self._positive("iters", minimum=0)
+        self._positive("iters", "hidden", minimum=0)
+        if self.mixer not in self.MIXERS:
+            raise ConfigError(f"{self.path}.mixer: expected one of {list(self.MIXERS)}, got {self.mixer!r}")
         if self.init not in ("zero", "random"):
             raise ConfigError(f"{self.path}.init: expected 'zero' or 'random', got {self.init!r}")
 

@@ -26,7 +26,7 @@ from .config import RMTConfig
 from .memory import Bank, MemoryReader, ReaderState, WritableBank
 from .router import Router, Routing
 from .ssm import Block, MixerState, RMSNorm
-from .thinking import ExitRule, ThinkingCore
+from .thinking import ExitRule, RecurrentCore, ThinkingCore
 from .vision import PatchEncoder
 
 
@@ -50,16 +50,18 @@ class Cache:
     """Everything generation needs to continue a batch of sequences; its size never depends on their length."""
 
     prelude: list[MixerState]
-    core: list[list[MixerState]]  # [iteration][layer]
+    core: list  # ssm core: [iteration][layer] MixerState; gru core: [layer] (B, H) state
     coda: list[MixerState]
     length: int = 0
     explicit_bank: Bank | None = None
     reader: ReaderState | None = None  # the memory queries' token terms (when the config has them)
+    iters: int = 0  # the K the cache was made for
 
     def tensors(self) -> list[Tensor]:
-        states = self.prelude + [s for it in self.core for s in it] + self.coda
+        core = [s for it in self.core for s in (it if isinstance(it, list) else [it])]
+        states = self.prelude + core + self.coda
         extra = self.reader.tensors() if self.reader is not None else []
-        return [t for s in states for t in (s.ssm, s.conv)] + extra
+        return [t for s in states for t in ((s,) if isinstance(s, Tensor) else (s.ssm, s.conv))] + extra
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
@@ -119,7 +121,8 @@ class RMT(nn.Module):
         self.vision = (PatchEncoder(c.d_model, c.vision.image_size, c.vision.patch, c.vision.channels,
                                     c.vision.stem, c.vision.conv_layers, recon=c.vision.recon > 0)
                        if c.vision.enabled else None)
-        self.core = ThinkingCore(c.d_model, c.core.n_layers, hidden, **ssm)
+        self.core = (RecurrentCore(c.d_model, c.core.n_layers, c.core.hidden or hidden, c.router.threshold) if c.core.mixer == "gru"
+                     else ThinkingCore(c.d_model, c.core.n_layers, hidden, **ssm))
         self.coda = nn.ModuleList([Block(c.d_model, hidden, conv_width=c.ssm.conv, **ssm) for _ in range(c.n_coda)])
         self.norm = RMSNorm(c.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -171,14 +174,15 @@ class RMT(nn.Module):
         else:  # nobody thinks: the core's sequence states stay exactly as they were
             x, used = e, torch.zeros(idx.shape, device=idx.device)
         x, coda = _stack(self.coda, x, cache.coda if cont else None, keep)
-        new_cache = (Cache(prelude, core_states, coda, cache.length + idx.shape[1], cache.explicit_bank, reader_state)
-                     if keep else None)
+        new_cache = (Cache(prelude, core_states, coda, cache.length + idx.shape[1], cache.explicit_bank, reader_state,
+                           cache.iters) if keep else None)
         return x, routing, used, m, new_cache
 
     # ------------------------------------------------------------------------------------- forward
     def forward(self, idx: Tensor, *, think_iters: int | None = None, memory: bool = True, router: str = "learned",
                 explicit_bank: Bank | None = None, exit_rule: ExitRule | None = None,
-                hard_routing: bool | None = None, bptt: int | None = None, memory_logits: bool = False) -> Output:
+                hard_routing: bool | None = None, bptt: int | None = None, memory_logits: bool = False,
+                logits_at: Tensor | None = None) -> Output:
         """idx (B, T) token ids -> Output with logits (B, T, V).
 
         think_iters: K (default config.core.iters; 0 = recurrence off, the core is never called).
@@ -189,6 +193,9 @@ class RMT(nn.Module):
         bptt: back-propagate through only the last this-many iterations (training).
         memory_logits: also return the memory read's own next-token prediction (head(m)), which training can
         score so that the read carries the answer by itself (R1: the preliminary answer signal).
+        logits_at: (B, T) bool, the positions to predict (training: where there are targets); the logits (and
+        memory logits) are then (N, V) for those N positions in row-major order. A question-answer row scores
+        ~2 of its ~30 positions, and the LM head over the vocabulary is otherwise the costliest layer.
         """
         K = self._iters(think_iters)
         hard = (not self.training) if hard_routing is None else hard_routing
@@ -199,6 +206,9 @@ class RMT(nn.Module):
             explicit_bank, aux = explicit_bank.build(self) if memory else (None, None)
         x, routing, used, m, _ = self._spine(idx, None, iters=K, memory=memory, router=router, bank=explicit_bank,
                                              exit_rule=exit_rule, hard=hard, bptt=bptt)
+        if logits_at is not None:
+            x = x[logits_at]
+            m = m[logits_at] if m is not None else None
         mem_logits = self._head(m) if (memory_logits and m is not None) else None
         cost = (routing.w_think.float() * K).mean()
         return Output(self._head(x), routing, used, cost, mem_logits, aux or None)
@@ -210,7 +220,7 @@ class RMT(nn.Module):
         return Cache(prelude=[l.mixer.empty_state(batch, device=device) for l in self.prelude],
                      core=self.core.empty_states(batch, K, device=device),
                      coda=[l.mixer.empty_state(batch, device=device) for l in self.coda],
-                     explicit_bank=explicit_bank)
+                     explicit_bank=explicit_bank, iters=K)
 
     @torch.no_grad()
     def prefill(self, idx: Tensor, *, think_iters: int | None = None, memory: bool = True, router: str = "learned",
@@ -224,8 +234,8 @@ class RMT(nn.Module):
         K = self._iters(think_iters)
         if cache is None:
             cache = self.new_cache(idx.shape[0], K, idx.device, explicit_bank)
-        elif len(cache.core) != K:
-            raise ValueError(f"prefill: the cache was made for think_iters={len(cache.core)}, got {K}")
+        elif cache.iters != K:
+            raise ValueError(f"prefill: the cache was made for think_iters={cache.iters}, got {K}")
         x, _, used, _, cache = self._spine(idx, cache, iters=K, memory=memory, router=router,
                                            bank=cache.explicit_bank, exit_rule=exit_rule, hard=True)
         return self._head(x[:, -1]), used, cache
@@ -237,7 +247,7 @@ class RMT(nn.Module):
 
         O(1) in the context length. A token the router sends past thinking (w_think below the threshold) does
         not run the core at all; when no token of the batch thinks, the core is skipped."""
-        x, _, used, _, cache = self._spine(token.unsqueeze(1), cache, iters=len(cache.core), memory=memory,
+        x, _, used, _, cache = self._spine(token.unsqueeze(1), cache, iters=cache.iters, memory=memory,
                                            router=router, bank=cache.explicit_bank, exit_rule=exit_rule, hard=True)
         return self._head(x[:, 0]), used[:, 0], cache
 
@@ -300,6 +310,23 @@ class RMT(nn.Module):
         last = (lengths - 1) if lengths is not None else torch.full((idx.shape[0],), idx.shape[1] - 1)
         return h[torch.arange(idx.shape[0]), last.to(idx.device)]
 
+    def text_bank(self, keys: Tensor, key_lens: Tensor, values: Tensor, value_lens: Tensor, batch: int = 1) -> Bank:
+        """Facts as (key text, value text) -> a fresh bank that `batch` rows share.
+
+        keys (M, Lk), values (M, Lv): right-padded token ids, with their lengths (M,). A key is encoded as the
+        query that should find it (the reader's token bag at its last token, through the query projection), so
+        a question that contains the key's words finds it from the first step of training; a value is the mean
+        of its tokens' embeddings (the LM head's own, so a read of it predicts its first token)."""
+        if self.reader.bank is None:
+            raise ValueError("this model was built with bank.enabled = false (no explicit memory)")
+        k = self.reader.text_keys(keys, key_lens, self.embed(keys))  # (M, d_key)
+        present = torch.arange(values.shape[1], device=values.device) < value_lens[:, None]
+        v = (self.embed(values) * present.unsqueeze(-1)).sum(1) / value_lens[:, None].clamp(min=1)
+        v = self.reader.bank.value_proj(v)
+        bank = self.new_memory_bank()
+        bank.write(k.unsqueeze(0).expand(batch, -1, -1), v.unsqueeze(0).expand(batch, -1, -1))
+        return bank
+
     def image_bank(self, images: Tensor) -> tuple[Bank, Tensor | None]:
         """Images (B, S, S, 3) uint8 -> (a fresh bank holding each row's patches, the encoder's weighted
         reconstruction loss when training with `vision.recon` > 0, else None)."""
@@ -344,9 +371,10 @@ def loss_fn(out: Output, targets: Tensor, compute_weight: float = 0.0, memory_we
     training passes the global count, so every process's loss is its share of the global mean).
     """
     def ce(logits: Tensor) -> Tensor:
+        logits = logits.flatten(0, -2)  # (B, T, V) or, from forward(logits_at=), (N, V) with targets (N,)
         if n_targets is None:
-            return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        summed = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+            return F.cross_entropy(logits.float(), targets.flatten(), ignore_index=-100)
+        summed = F.cross_entropy(logits.float(), targets.flatten(), ignore_index=-100, reduction="sum")
         return summed / n_targets
 
     lm = ce(out.logits)

@@ -1,6 +1,11 @@
-"""The thinking core: shared-weight layers iterated K times in depth, with a gated (selective) state update.
+"""The thinking core, in two kinds (`CoreConfig.mixer`), behind one call signature.
 
-One iteration, for every token at once:
+`RecurrentCore` ("gru") carries a nonlinear state from token to token: the recurrence in time that a running
+value needs (a word problem's count after each sentence). `ThinkingCore` ("ssm") iterates shared-weight layers
+K times in depth over the whole sequence. Both are gated per token by the router, exactly: a token with gate 0
+changes no state and costs nothing at inference.
+
+The depth core, one iteration, for every token at once:
 
     hs    = [norm(s), e]                    e: the prelude output + memory read, re-injected every iteration
     u     = core_layers(adapter(hs), gate)  selective-SSM token mixing + gated MLP, weights shared across k
@@ -143,3 +148,149 @@ class ThinkingCore(nn.Module):
     def empty_states(self, batch: int, iters: int, device=None) -> list[list[MixerState]]:
         """The core's decoding state: one MixerState per (iteration, layer); size independent of context."""
         return [[layer.mixer.empty_state(batch, device=device) for layer in self.layers] for _ in range(iters)]
+
+
+class _GatedGRUScan(torch.autograd.Function):
+    """The time loop of `GatedGRU` with a hand-written backward: a word problem is ~30 tokens, and autograd's
+    bookkeeping of ~10 small ops per token and layer cost more than the arithmetic (3x slower in training).
+
+    Inputs: xp (B, T, 3H) the input projections [r | z | n], g (B, T) gates, h0 (B, H), U (3H, H) the hidden
+    projection; steps (updates per token) and active (per t: does any row update) are constants.
+    Outputs: the state after each token (B, T, H) and the last state (B, H).
+    """
+
+    @staticmethod
+    def forward(ctx, xp, g, h0, U, steps, active):
+        b, t_len, _ = xp.shape
+        H = h0.shape[-1]
+        h, out, saved = h0, [], []
+        for t in range(t_len):
+            if active[t]:
+                xr, xz, xn = xp[:, t, :H], xp[:, t, H:2 * H], xp[:, t, 2 * H:]
+                gt = g[:, t:t + 1]
+                for _ in range(steps):
+                    hp = h @ U.t()
+                    r = torch.sigmoid(xr + hp[:, :H])
+                    z = torch.sigmoid(xz + hp[:, H:2 * H])
+                    hn = hp[:, 2 * H:]
+                    n = torch.tanh(xn + r * hn)
+                    saved.append((t, h, r, z, n, hn))
+                    h = h + (gt * z) * (n - h)
+            out.append(h)
+        ctx.steps_saved = saved
+        ctx.save_for_backward(xp, g, h0, U)
+        return torch.stack(out, dim=1), h
+
+    @staticmethod
+    def backward(ctx, d_out, d_last):
+        xp, g, h0, U = ctx.saved_tensors
+        b, t_len, _ = xp.shape
+        H = h0.shape[-1]
+        d_xp = torch.zeros_like(xp)
+        d_g = torch.zeros_like(g)
+        d_hps, hs = [], []  # d_U = sum_i d_hp_i^T h_i, as one matmul at the end
+        dh = d_last.clone() if d_last is not None else h0.new_zeros(b, H)
+        saved = ctx.steps_saved
+        i = len(saved) - 1
+        for t in range(t_len - 1, -1, -1):
+            if d_out is not None:
+                dh = dh + d_out[:, t]
+            while i >= 0 and saved[i][0] == t:
+                _, h, r, z, n, hn = saved[i]
+                gt = g[:, t:t + 1]
+                u = gt * z
+                diff = n - h
+                da_n = dh * u * (1 - n * n)
+                du = dh * diff
+                d_g[:, t] += (du * z).sum(-1)
+                da_z = du * gt * z * (1 - z)
+                da_r = da_n * hn * r * (1 - r)
+                d_hp = torch.cat([da_r, da_z, da_n * r], dim=-1)
+                d_xp[:, t] += torch.cat([da_r, da_z, da_n], dim=-1)
+                d_hps.append(d_hp)
+                hs.append(h)
+                dh = dh * (1 - u) + d_hp @ U
+                i -= 1
+        d_U = torch.cat(d_hps).t() @ torch.cat(hs) if hs else torch.zeros_like(U)
+        return d_xp, d_g, dh, d_U, None, None
+
+
+class GatedGRU(nn.Module):
+    """One GRU layer whose every update is scaled by a per-token gate g in [0, 1]:
+
+        r, z = sigmoid(W_r x + U_r h), sigmoid(W_z x + U_z h)
+        n    = tanh(W_n x + r * (U_n h))
+        h   <- h + (g * z) * (n - h)          (g = 0: h passes the token unchanged)
+
+    The input projections of all tokens are one matmul; the loop over time (`_GatedGRUScan`) does the rest.
+    """
+
+    def __init__(self, d_in: int, d_hidden: int):
+        super().__init__()
+        self.d_hidden = d_hidden
+        self.x_proj = nn.Linear(d_in, 3 * d_hidden)
+        self.h_proj = nn.Linear(d_hidden, 3 * d_hidden, bias=False)
+        with torch.no_grad():  # r starts open (bias 1), z half open
+            self.x_proj.bias.zero_()
+            self.x_proj.bias[:d_hidden].fill_(1.0)
+
+    def forward(self, x: Tensor, g: Tensor, h: Tensor | None, steps: int, active: list[bool] | None
+                ) -> tuple[Tensor, Tensor]:
+        """x (B, T, d_in), g (B, T), h (B, H) or None (zeros) -> (states after each token (B, T, H), last (B, H)).
+
+        steps: updates per token (K, same input each time); active[t] False: no row updates at t (skipped)."""
+        b, t_len, _ = x.shape
+        xp = self.x_proj(x)
+        if h is None:
+            h = x.new_zeros(b, self.d_hidden)
+        active = [True] * t_len if active is None else active
+        return _GatedGRUScan.apply(xp, g.to(xp.dtype), h.to(xp.dtype), self.h_proj.weight, steps, active)
+
+
+class RecurrentCore(nn.Module):
+    """Thinking as recurrence in time: n_layers gated GRU layers carried from token to token.
+
+        x = norm(e);  h^l_t = GRU_l(h^{l-1}_t, h^l_{t-1}) gated by g_t, K steps per token;  s_t = g_t * W_o h^L_t
+
+    The router's think gate g scales every update and the output, so a token with g = 0 leaves the running
+    state as it was and adds nothing: skipping it (hard routing) is exact, and a skipped position costs no
+    core compute. ``iters`` = 0 means the core is off (the caller never calls it). Same call signature as
+    `ThinkingCore`; its decoding state is one (B, H) tensor per layer, whatever K.
+    """
+
+    def __init__(self, d_model: int, n_layers: int, d_hidden: int, threshold: float = 0.5):
+        super().__init__()
+        self.threshold = threshold
+        self.norm = RMSNorm(d_model)
+        self.layers = nn.ModuleList([GatedGRU(d_model if i == 0 else d_hidden, d_hidden) for i in range(n_layers)])
+        self.out = nn.Linear(d_hidden, d_model, bias=False)
+
+    def forward(self, e: Tensor, gate: Tensor, iters: int, *, states: list[Tensor] | None = None,
+                keep_states: bool = False, bptt: int | None = None, exit_rule: ExitRule | None = None,
+                init: str = "zero", readout: Callable[[Tensor], Tensor] | None = None,
+                memory: Callable[[Tensor], Tensor] | None = None
+                ) -> tuple[Tensor, Tensor, list[Tensor] | None]:
+        """e (B, T, D), gate (B, T) -> (output s (B, T, D), update steps run per token (B, T), the layers'
+        states after these tokens [(B, H)] or None unless keep_states). states: from a decoding cache."""
+        if exit_rule is not None and type(exit_rule) is not FixedIterations:
+            raise ValueError(f"the gru core runs a fixed K per thinking token; {type(exit_rule).__name__} "
+                             "applies to the ssm core only")
+        if memory is not None:
+            raise ValueError("the gru core does not re-read the bank (reader.core_reads is for the ssm core)")
+        # Tokens think or not, in training as at inference: the forward pass uses the hard gate (1 at or above
+        # the router's threshold, else 0) and the gradient reaches the router straight through its soft gate.
+        # A soft gate of 0.4 in training would be a token that half-updates the running value, and is then
+        # skipped entirely at inference.
+        gate = (gate >= self.threshold).to(gate.dtype) + gate - gate.detach()
+        active = None if self.training else (gate > 0).any(0).tolist()
+        x = self.norm(e)
+        new_states = []
+        for i, layer in enumerate(self.layers):
+            x, h = layer(x, gate, None if states is None else states[i], iters, active)
+            new_states.append(h)
+        s = gate.to(e.dtype).unsqueeze(-1) * self.out(x)
+        used = (gate > 0).float() * iters
+        return s, used, (new_states if keep_states else None)
+
+    def empty_states(self, batch: int, iters: int, device=None) -> list[Tensor]:
+        return [torch.zeros(batch, layer.d_hidden, device=device) for layer in self.layers]

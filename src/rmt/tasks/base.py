@@ -105,9 +105,9 @@ class Task(ABC):
     def _build_splits(self) -> dict[str, list[Example]]:
         """Build all three splits, deterministically from the config."""
 
-    def bank_source(self, split: str) -> Callable[[list[Example]], Any] | None:
+    def bank_source(self, split: str, tokenizer: Any = None) -> Callable[[list[Example]], Any] | None:
         """For a task whose examples come with inputs that the model writes into its explicit memory bank (an
-        image), a function from a batch's examples to the `rmt.model.BankSource` of their rows; None for a
+        image, fact texts, tokenized with `tokenizer`), a function from a batch's examples to the `rmt.model.BankSource` of their rows; None for a
         text-only task (the default). Trainer and evaluation pass what it returns as the forward's
         ``explicit_bank``, and know nothing else of the inputs."""
         return None

@@ -7,6 +7,7 @@ from typing import Any
 
 from rmt.tasks.arithmetic import Arithmetic
 from rmt.tasks.base import Task
+from rmt.tasks.facts_bank import FactsBank
 from rmt.tasks.facts_real import FactsReal
 from rmt.tasks.facts_synthetic import FactsSynthetic
 from rmt.tasks.gsm8k import GSM8K
@@ -15,7 +16,7 @@ from rmt.tasks.text import TextCorpus
 from rmt.tasks.triviaqa import TriviaQA
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (FactsSynthetic, Arithmetic, FactsReal, GSM8K, TriviaQA, TextCorpus, SortOfClevr)
+    task.name: task for task in (FactsSynthetic, FactsBank, Arithmetic, FactsReal, GSM8K, TriviaQA, TextCorpus, SortOfClevr)
 }
 
 

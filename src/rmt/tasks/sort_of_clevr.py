@@ -254,7 +254,7 @@ class SortOfClevr(Task):
         self.split(split)  # validates the split name
         return self.scenes[split].images
 
-    def bank_source(self, split: str) -> Callable[[list[Example]], ImageBank]:
+    def bank_source(self, split: str, tokenizer=None) -> Callable[[list[Example]], ImageBank]:
         """Examples -> their images as an `ImageBank` (each question is answered with its image in the bank)."""
         images = self.images(split)
         return lambda examples: ImageBank(torch.from_numpy(images[[ex.meta["image"] for ex in examples]]))

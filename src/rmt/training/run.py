@@ -333,7 +333,7 @@ def _train(cfg: RunConfig, out: Path, pools: dict, sources: dict, rank: int, wor
     trainer = Trainer(model, tok, pools, evaluate=evaluate, eval_every=cfg.eval_every, seed=cfg.seed, on_metrics=log, progress=progress and rank == 0,
                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, max_steps=max_steps,
                       on_checkpoint=lambda tr, st: _save(out, model, tok, st, cfg.keep_checkpoints),
-                      bank_sources=sources)
+                      bank_sources=bank_sources(sources, tok))
     trainer.run(cfg.stages, resume=state)
     if rank == 0 and on_end is not None:
         # optimizer-step wall seconds of the whole run, a resumed one included (kept in the checkpoints)
@@ -362,27 +362,32 @@ def task_settings(cfg: RunConfig, name: str) -> dict[str, Any]:
     return {**({"seed": cfg.seed} if seeded else {}), **cfg.tasks.get(name, {})}
 
 
+def bank_sources(tasks: dict, tokenizer) -> dict:
+    """task name -> examples -> BankSource, for the tasks whose examples come with bank inputs (images, facts)."""
+    sources = {name: task.bank_source("train", tokenizer) for name, task in tasks.items()}
+    return {name: s for name, s in sources.items() if s is not None}
+
+
 def build_pools(cfg: RunConfig, sources: dict | None = None) -> dict[str, list]:
     """The training examples of every task a stage names; checks every stage's filters keep something and
     that the model can do every task (`Task.check_model`).
 
-    sources: when given, filled with task name -> examples -> BankSource for the tasks whose examples come
-    with bank inputs (`Task.bank_source`, e.g. images).
+    sources: when given, filled with task name -> Task, so that once the tokenizer exists the caller can ask
+    each for its bank inputs (`bank_sources`).
     """
     pools = {}
     for name in sorted({t for s in cfg.stages for t in s.tasks}):
         try:
             task = get_task(name, **task_settings(cfg, name))
             pools[name] = task.split("train")
-            source = task.bank_source("train")
         except (TypeError, ValueError, FileNotFoundError) as e:
             raise ConfigError(f"tasks.{name}: {e}") from None
         if not pools[name]:
             where = f" (read from {task.config.path})" if hasattr(task.config, "path") else ""
             raise ConfigError(f"tasks.{name}: expected training examples, found an empty train split{where}")
         task.check_model(cfg.model)
-        if source is not None and sources is not None:
-            sources[name] = source
+        if sources is not None:
+            sources[name] = task
     for i, stage in enumerate(cfg.stages):
         for name, flt in stage.filters.items():
             try:
@@ -399,7 +404,7 @@ def validation_loss_fn(cfg: RunConfig, tok, batch_size: int = 64):
     task = get_task(name, **task_settings(cfg, name))
     examples = task.split("validation")[: cfg.eval_rows]
     encoded = [encode_example(ex, tok) for ex in examples]
-    source = task.bank_source("validation")  # a visual task's rows are scored with their image in the bank
+    source = task.bank_source("validation", tok)  # e.g. a visual task's rows are scored with their image in the bank
 
     @torch.no_grad()
     def evaluate(model: RMT) -> dict:

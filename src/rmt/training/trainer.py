@@ -162,12 +162,14 @@ class Trainer:
             K = k_rng.randint(stage.think_iters_min, stage.think_iters_max)
             # A bank source is built inside the forward call (not here) so that DDP sees the encoder's use.
             extra = {"explicit_bank": source.to(self.device)} if source is not None else {}
-            out = net(x, think_iters=K, bptt=stage.bptt, memory_logits=stage.memory_aux > 0, **extra)
+            scored = y != -100  # only these positions get logits: the head over the vocabulary is costly
+            out = net(x, think_iters=K, bptt=stage.bptt, memory_logits=stage.memory_aux > 0, logits_at=scored,
+                      **extra)
             n_targets = None
             if self.world > 1:
                 # DDP averages gradients over processes; scaling by world makes that a global token mean.
                 n_targets = distributed.all_reduce_sum((y != -100).sum().float()) / self.world
-            loss, lm = loss_fn(out, y, stage.router_cost, stage.memory_aux, n_targets)
+            loss, lm = loss_fn(out, y[scored], stage.router_cost, stage.memory_aux, n_targets)
             finite = torch.isfinite(loss.detach()).float().reshape(1)
             if self.world > 1:  # every process must skip together, or their collectives would pair up wrongly
                 finite = (distributed.all_reduce_sum(finite) == self.world).float()
@@ -195,13 +197,13 @@ class Trainer:
             for i, b in enumerate(("memory", "think", "both")):
                 acc[f"router_{b}"].append(probs[i])
             with torch.no_grad():  # per-task loss: which part of the mix is still hard
-                per_tok = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten(),
-                                                            ignore_index=-100, reduction="none").view_as(y)
+                per_tok = torch.nn.functional.cross_entropy(out.logits.float(), y[scored], reduction="none")
+                row_of = scored.nonzero()[:, 0]  # the row of each scored position
                 for n in set(names):
                     rows = torch.tensor([nm == n for nm in names], device=y.device)
-                    mask = y[rows] != -100
-                    if mask.any():
-                        acc[f"loss/{n}"].append(float(per_tok[rows][mask].mean()))
+                    mine = rows[row_of]
+                    if mine.any():
+                        acc[f"loss/{n}"].append(float(per_tok[mine].mean()))
             self.global_step += 1
             self.train_seconds += time.perf_counter() - step_t0
             done = step + 1 == stage.steps

@@ -229,17 +229,23 @@ class SoftmaxMemoryBank:
             self.values = torch.cat([self.values, values], 1)
             self.mask = torch.cat([self.mask, mask], 1)
 
+    def scores(self, queries: Tensor) -> Tensor:
+        """queries (B, T, d_key) -> attention logits (B, H, T, M), -inf at absent entries (a bank written)."""
+        b, t, _ = queries.shape
+        h = self.heads
+        q = queries.view(b, t, h, -1).transpose(1, 2)  # (B, H, T, dk)
+        k = self.keys.to(queries.dtype).view(b, -1, h, self.d_key // h).transpose(1, 2)  # (B, H, M, dk)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_key // h)  # (B, H, T, M)
+        return scores.masked_fill(~self.mask.view(b, 1, 1, -1), float("-inf"))
+
     def read(self, queries: Tensor) -> Tensor:
         """queries (B, T, d_key) -> (B, T, d_value); zero for batch elements with no entries."""
         b, t, _ = queries.shape
         if self.keys is None:
             return queries.new_zeros(b, t, self.d_value)
         h = self.heads
-        q = queries.view(b, t, h, -1).transpose(1, 2)  # (B, H, T, dk)
-        k = self.keys.to(queries.dtype).view(b, -1, h, self.d_key // h).transpose(1, 2)  # (B, H, M, dk)
         v = self.values.to(queries.dtype).view(b, -1, h, self.d_value // h).transpose(1, 2)  # (B, H, M, dv)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_key // h)  # (B, H, T, M)
-        scores = scores.masked_fill(~self.mask.view(b, 1, 1, -1), float("-inf"))
+        scores = self.scores(queries)
         # A batch element with no entries has an all -inf row: softmax would give NaN, so it reads zero.
         present = self.mask.any(1)
         if self.sink:
@@ -247,9 +253,9 @@ class SoftmaxMemoryBank:
             # no longer have to sum to 1, so how much a read returns says how many entries matched -- how much
             # of the picture is red, how many objects are squares -- which a plain average cannot say.
             scores = torch.cat([scores, scores.new_zeros(*scores.shape[:-1], 1)], dim=-1)
-            weights = torch.softmax(scores.float(), dim=-1)[..., :-1].to(q.dtype)
+            weights = torch.softmax(scores.float(), dim=-1)[..., :-1].to(queries.dtype)
         else:
-            weights = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(q.dtype)
+            weights = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(queries.dtype)
         if self.record:
             self.recorded.append(weights.detach().permute(0, 2, 1, 3))  # (B, T, H, M)
         out = (weights @ v).transpose(1, 2).reshape(b, t, self.d_value)

@@ -140,6 +140,18 @@ class MemoryReader(nn.Module):
             return None
         return CoreRead(self, e, w_memory, bank)
 
+    def text_keys(self, ids: Tensor, lens: Tensor, emb: Tensor) -> Tensor:
+        """Bank keys for key texts: ids (M, L) right-padded, lengths (M,), their embeddings (M, L, D) -> (M, d_key):
+        the query projection of the token terms at each text's last token, i.e. the query a question made of
+        exactly these words would send (the prelude's state is not part of a key)."""
+        if self.bank is None:
+            raise ValueError("this model was built with bank.enabled = false (no explicit memory)")
+        if not self.config.query_ema:
+            raise ValueError("text keys need the reader's token bag (reader.query_ema > 0)")
+        terms, _ = self.token_terms(ids, emb)
+        last = terms[torch.arange(ids.shape[0], device=ids.device), (lens - 1).to(ids.device)]
+        return self.bank.query_proj(last)
+
     # --------------------------------------------------------------------------------- the bank
     def new_bank(self) -> WritableBank:
         if self.bank is None:
