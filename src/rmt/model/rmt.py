@@ -125,7 +125,7 @@ class RMT(nn.Module):
                      else ThinkingCore(c.d_model, c.core.n_layers, hidden, **ssm))
         self.coda = nn.ModuleList([Block(c.d_model, hidden, conv_width=c.ssm.conv, **ssm) for _ in range(c.n_coda)])
         self.norm = RMSNorm(c.d_model)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.embed.weight, std=c.embed_init or c.d_model ** -0.5)
 
     def num_params(self, exclude_memory_values: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
