@@ -52,7 +52,7 @@ def test_a_removed_option_that_was_on_is_refused_and_one_that_was_off_is_dropped
 
 
 def test_a_typo_in_a_section_names_the_section_and_its_keys():
-    with pytest.raises(ConfigError, match=r"unknown model\.core key\(s\) \['itres'\]; known keys: \['n_layers', 'iters'"):
+    with pytest.raises(ConfigError, match=r"unknown model\.core key\(s\) \['itres'\]; known keys: \['mixer', 'n_layers', 'iters'"):
         RMTConfig.from_dict({"core": {"itres": 3}})
     with pytest.raises(ConfigError, match=r"model\.core: expected a table"):
         RMTConfig.from_dict({"core": 3})

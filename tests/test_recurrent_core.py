@@ -66,3 +66,29 @@ def test_the_gru_core_refuses_what_it_does_not_do():
     model = gru_model().eval()
     with pytest.raises(ValueError, match="fixed K"):
         model(torch.randint(0, 299, (1, 4)), exit_rule=LatentChange())
+
+
+def test_a_context_router_decodes_as_it_reads():
+    # router.context routes on the reader's token bag, which the cache carries even with memory off
+    torch.manual_seed(0)
+    cfg = preset("tiny", {"core": {"mixer": "gru", "n_layers": 1, "iters": 1}, "n_prelude": 0, "vocab_size": 300,
+                          "pad_id": 299, "product_keys": {"enabled": False}, "router": {"context": True},
+                          "reader": {"query_ema": 8, "query_state": False}, "bank": {"read": "softmax"}})
+    model = RMT(cfg).eval()
+    with torch.no_grad():  # a router that actually depends on the context
+        model.router.proj.weight.normal_(std=0.3)
+    x = torch.randint(0, 299, (2, 12))
+    for memory in (True, False):
+        with torch.no_grad():
+            full = model(x, memory=memory).logits
+            logits, _, cache = model.prefill(x[:, :5], memory=memory)
+            for t in range(5, 12):
+                logits, _, cache = model.step(x[:, t], cache, memory=memory)
+                torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-4)
+
+
+def test_a_context_router_needs_the_token_bag():
+    from rmt.model import ConfigError
+
+    with pytest.raises(ConfigError, match="router.context"):
+        preset("tiny", {"router": {"context": True}})

@@ -21,6 +21,7 @@ needs_data = pytest.mark.skipif(not data_dir().is_dir(), reason=f"shared data no
 # Small configs keep the suite fast; the defaults are exercised separately where they matter.
 SMALL = {
     "facts-synthetic": {"n_entities": 60, "n_validation": 20},
+    "facts-bank": {"n_train_entities": 60, "n_validation_entities": 10, "n_test_entities": 20},
     "arithmetic": {"n_train": 3000, "n_validation": 100, "n_test": 200},
     "facts-real": {},
     "gsm8k": {},
@@ -51,8 +52,8 @@ def default_arithmetic() -> Task:
 # --- The contract ---
 
 
-def test_registry_lists_the_seven_tasks():
-    assert set(TASKS) == {"facts-synthetic", "arithmetic", "facts-real", "gsm8k", "triviaqa", "text", "sort-of-clevr"}
+def test_registry_lists_the_eight_tasks():
+    assert set(TASKS) == {"facts-synthetic", "facts-bank", "arithmetic", "facts-real", "gsm8k", "triviaqa", "text", "sort-of-clevr"}
     for name, task_class in TASKS.items():
         assert task_class.name == name
 

@@ -218,6 +218,9 @@ class RouterConfig(Section):
     path: ClassVar[str] = "model.router"
     threshold: float = 0.5  # at inference a token with p(think) + p(both) below this skips the core
     init_think: float = 1.0  # initial logit bonus of the think/both branches, so training starts by thinking
+    # also route on the reader's token bag (needs reader.query_ema): what the question is about so far, not only
+    # the prelude's state, which is just the token itself in a model with no prelude
+    context: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -299,6 +302,8 @@ class RMTConfig(Section):
             raise ConfigError("model.vision.enabled: images are written into the explicit bank; needs bank.enabled = true")
         if self.embed_init < 0:
             raise ConfigError(f"model.embed_init: expected >= 0 (0 = d_model ** -0.5), got {self.embed_init}")
+        if self.router.context and not self.reader.query_ema:
+            raise ConfigError("model.router.context: routes on the reader's token bag; needs reader.query_ema > 0")
         if self.reader.core_reads and self.core.mixer != "ssm":
             raise ConfigError("model.reader.core_reads: the core's re-reads are for the ssm core (core.mixer = 'ssm')")
         if self.reader.core_reads and not self.bank.enabled:

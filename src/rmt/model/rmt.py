@@ -157,10 +157,11 @@ class RMT(nn.Module):
         cont = keep and cache.length > 0
         h = self.embed(idx)
         terms, reader_state = None, None
-        if memory or keep:  # the token terms only feed reads; a cache keeps their state even with memory off
+        if memory or keep or self.config.router.context:
+            # the token terms feed reads (and the router, with router.context); a cache keeps their state
             terms, reader_state = self.reader.token_terms(idx, h, cache.reader if cont else None)
         h, prelude = _stack(self.prelude, h, cache.prelude if cont else None, keep)
-        routing = self.router(h, mode=router, hard=hard)
+        routing = self.router(h + terms if self.config.router.context else h, mode=router, hard=hard)
         m = self.reader.read(h, terms, bank) if memory else None
         e = h + routing.w_memory.unsqueeze(-1) * m if memory else h
         core_states = cache.core if keep else None

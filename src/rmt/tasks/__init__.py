@@ -5,7 +5,7 @@
     train = task.split("train")          # list[Example]
     print(train[0].text())
 
-Tasks: facts-synthetic, arithmetic, facts-real, gsm8k, triviaqa, text, sort-of-clevr (see `TASKS`). A new task is one
+Tasks: facts-synthetic, facts-bank, arithmetic, facts-real, gsm8k, triviaqa, text, sort-of-clevr (see `TASKS`). A new task is one
 module and one entry in `registry.py`. Scoring that matches
 lm-evaluation-harness lives in `rmt.tasks.scoring`; the `rmt data` and `rmt score` commands in
 `rmt.tasks.commands`.
