@@ -163,7 +163,8 @@ def eval_task(args: argparse.Namespace) -> int:
     model, tok = _load(args.checkpoint)
     try:
         seeded = args.task in TASKS and "seed" in {f.name for f in fields(TASKS[args.task].Config)}
-        examples = get_task(args.task, **({"seed": args.seed} if seeded else {})).split(args.split)
+        task = get_task(args.task, **({"seed": args.seed} if seeded else {}))
+        examples = task.split(args.split)
     except (ValueError, KeyError) as e:
         raise UsageError(f"--task {args.task} --split {args.split}: {e}") from None
     examples = [ex for ex in examples if ex.kind == "qa"]
@@ -171,8 +172,11 @@ def eval_task(args: argparse.Namespace) -> int:
         raise UsageError(f"--task {args.task} --split {args.split}: expected question-answer examples, found none")
     if args.limit is not None:
         examples = examples[:max(1, int(args.limit if args.limit >= 1 else args.limit * len(examples)))]
+    source = task.bank_source(args.split, tok)  # e.g. facts-bank: each batch reads its people's facts
+    extra = {"bank_source": source} if source is not None else {}
     res = evaluate_refined(model, examples, tok, args.refine_rounds, max_new_tokens=args.max_gen_toks or 32,
-                           batch_size=args.batch_size, think_iters=args.think_iters, memory=not args.memory_off)
+                           batch_size=args.batch_size, think_iters=args.think_iters, memory=not args.memory_off,
+                           **extra)
     out = {"task": args.task, "split": args.split, "n": len(examples), "think_iters": args.think_iters,
            "refine_rounds": args.refine_rounds, "accuracy": res.acc_after, "accuracy_by_round": res.accuracy_by_round,
            "rounds_run": res.rounds_run, "tokens_per_answer": res.tokens_per_answer,
