@@ -120,3 +120,12 @@ def test_memory_commands_change_what_generate_reads(tmp_path, capsys):
     assert main(["generate", *base, "--facts", "--json", "--max-new-tokens", "3",
                  "--prompt", "Q: Where does Vorla Minet live? A:"]) == 0
     assert "answer" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_a_data_parallel_split_keeps_the_bank_and_splits_the_rows():
+    task = get_task("facts-bank", **SMALL)
+    rows = task.split("train")[:4]
+    src = task.bank_source("train", ByteTokenizer())(rows)
+    part = src.select(slice(1, 3)).to("cpu")
+    assert part.rows == 2 and part.gold.tolist() == src.gold.tolist()[1:3]
+    assert torch.equal(part.keys, src.keys) and torch.equal(part.questions, src.questions[1:3])

@@ -195,9 +195,9 @@ class _GatedGRUScan(torch.autograd.Function):
         for t in range(t_len - 1, -1, -1):
             if d_out is not None:
                 dh = dh + d_out[:, t]
+            gt = g[:, t:t + 1]
             while i >= 0 and saved[i][0] == t:
                 _, h, r, z, n, hn = saved[i]
-                gt = g[:, t:t + 1]
                 u = gt * z
                 diff = n - h
                 da_n = dh * u * (1 - n * n)

@@ -18,7 +18,7 @@ its texts are tokenized here and encoded by the model itself (`RMT.text_bank`) i
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import torch
@@ -52,6 +52,7 @@ def key_text(entity: str, attribute: str) -> str:
     return f"{entity} {attribute}"
 
 
+@dataclass
 class FactBank(BankSource):
     """A batch's bank: (key, value) texts, one bank shared by the batch's `rows` rows (a `BankSource`).
 
@@ -63,12 +64,15 @@ class FactBank(BankSource):
     (reader.query_state = false): then the query of a question is exactly what `RMT.text_bank` makes of its text.
     """
 
-    def __init__(self, keys: Tensor, key_lens: Tensor, values: Tensor, value_lens: Tensor, rows: int,
-                 questions: Tensor | None = None, question_lens: Tensor | None = None, gold: Tensor | None = None,
-                 retrieval_weight: float = 0.0):
-        self.keys, self.key_lens, self.values, self.value_lens, self.rows = keys, key_lens, values, value_lens, rows
-        self.questions, self.question_lens, self.gold = questions, question_lens, gold
-        self.retrieval_weight = retrieval_weight
+    keys: Tensor
+    key_lens: Tensor
+    values: Tensor
+    value_lens: Tensor
+    rows: int
+    questions: Tensor | None = None
+    question_lens: Tensor | None = None
+    gold: Tensor | None = None
+    retrieval_weight: float = 0.0
 
     @staticmethod
     def _pad(texts: list[str], tokenizer) -> tuple[Tensor, Tensor]:
@@ -101,23 +105,14 @@ class FactBank(BankSource):
         loss = torch.nn.functional.cross_entropy(scores.flatten(0, 1), gold.flatten(), ignore_index=-1)
         return bank, {"retrieval": self.retrieval_weight * loss}
 
-    def _with(self, **changes) -> "FactBank":
-        fields = dict(keys=self.keys, key_lens=self.key_lens, values=self.values, value_lens=self.value_lens,
-                      rows=self.rows, questions=self.questions, question_lens=self.question_lens, gold=self.gold,
-                      retrieval_weight=self.retrieval_weight)
-        return FactBank(**{**fields, **changes})
-
     def select(self, rows: slice) -> "FactBank":
-        n = len(range(*rows.indices(self.rows)))
-        pick = (lambda t: t[rows] if t is not None else None)
-        return self._with(rows=n, questions=pick(self.questions), question_lens=pick(self.question_lens),
-                          gold=pick(self.gold))
+        pick = (lambda t: t[rows] if t is not None else None)  # the bank's entries are shared by every row
+        return replace(self, rows=len(range(*rows.indices(self.rows))), questions=pick(self.questions),
+                       question_lens=pick(self.question_lens), gold=pick(self.gold))
 
     def to(self, device) -> "FactBank":
-        move = (lambda t: t.to(device) if t is not None else None)
-        return self._with(keys=move(self.keys), key_lens=move(self.key_lens), values=move(self.values),
-                          value_lens=move(self.value_lens), questions=move(self.questions),
-                          question_lens=move(self.question_lens), gold=move(self.gold))
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), Tensor)})
 
 
 class FactsBank(Task):
