@@ -24,6 +24,7 @@ ap.add_argument("--n-eval", type=int, default=1000)
 ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--cost", type=float, default=0.0)
 ap.add_argument("--frozen-router", action="store_true")
+ap.add_argument("--intermediate", action="store_true", help="also score the running value after each sentence")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 random.seed(a.seed); torch.manual_seed(a.seed)
@@ -43,9 +44,9 @@ K = cfg.core.iters
 stages = []
 if a.easy:
     stages.append(Stage("easy", a.easy, {"arithmetic": 1.0}, lr=a.lr, warmup=30, think_iters_min=K, think_iters_max=K,
-                        router_cost=a.cost, filters={"arithmetic": {"max_steps": 2}}, batch_size=a.batch, frozen=["router"] if a.frozen_router else []))
+                        router_cost=a.cost, filters={"arithmetic": {"max_steps": 2}}, batch_size=a.batch, frozen=["router"] if a.frozen_router else [], intermediate=a.intermediate))
 stages.append(Stage("math", a.steps - a.easy, {"arithmetic": 1.0}, lr=a.lr, warmup=30, think_iters_min=K,
-                    think_iters_max=K, router_cost=a.cost, batch_size=a.batch, frozen=["router"] if a.frozen_router else []))
+                    think_iters_max=K, router_cost=a.cost, batch_size=a.batch, frozen=["router"] if a.frozen_router else [], intermediate=a.intermediate))
 for i, s in enumerate(stages):
     tr.run_stage(s, i)
 train_s = time.perf_counter() - t0

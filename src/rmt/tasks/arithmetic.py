@@ -155,12 +155,16 @@ class Arithmetic(Task):
             value = move.result
         start = START.format(N=name, n=values[0], obj=singular if values[0] == 1 else plural)
         prompt = f"Q: {start} {' '.join(sentences)} {QUESTION.format(obj=plural)}"
+        ends = [3 + len(start)]  # where each sentence ends in the prompt: the value is known from there on
+        for s in sentences:
+            ends.append(ends[-1] + 1 + len(s))
         return Example(
             prompt=prompt,
             target=f" {value}",
             kind="qa",
             meta={"steps": steps, "ops": ops, "operands": operands, "values": values},
             cot=f" {' '.join(cot)} #### {value}",
+            intermediate=tuple((end, f" {v}") for end, v in zip(ends, values)),
         )
 
     def _draw_distinct(self, rng: random.Random, n: int, exclude: set[str], what: str) -> list[Example]:

@@ -38,6 +38,10 @@ class Example:
     meta: dict[str, Any] = field(hash=False)
     # Chain-of-thought target for the transformer baseline; ends with the same final answer as `target`.
     cot: str | None = None
+    # Intermediate targets inside the prompt, for training only: (n, text) asks the model, once it has read
+    # prompt[:n], to predict text's first token (a word problem's running value after each sentence, as GSM8K's
+    # solutions carry their intermediate results). Scored only by stages with `intermediate` on; never evaluated.
+    intermediate: tuple[tuple[int, str], ...] = field(default=(), compare=False)
     # Other accepted answers (TriviaQA). `target` is always accepted as well.
     aliases: tuple[str, ...] = ()
     # False for a window cut out of a running text (the `text` task): it has no end, so no end-of-sample

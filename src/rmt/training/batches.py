@@ -36,8 +36,26 @@ def encode_example(ex: Example, tok: Tokenizer, cot: bool = False) -> tuple[list
     return prompt + tok.encode(ex.text(cot)[len(ex.prompt):]), len(prompt)
 
 
-def collate(encoded: list[tuple[list[int], int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """[(ids, first_target)] -> inputs (B, T), targets (B, T) with -100 where nothing is scored."""
+def intermediate_targets(ex: Example, tok: Tokenizer, ids: list[int]) -> list[tuple[int, int]]:
+    """`ex.intermediate` as (input position, target token id) pairs in the row `ids` (as `collate` shifts it):
+    the position of the last token of prompt[:n] predicts the first token of the text.
+
+    Raises ValueError when prompt[:n] does not end on a token boundary of the encoded prompt (the target would
+    then sit where the model has read only part of a word)."""
+    marks = []
+    for n, text in ex.intermediate:
+        head = tok.encode(ex.prompt[:n])
+        if not head or ids[:len(head)] != head:
+            raise ValueError(f"intermediate target at character {n} of {ex.prompt!r}: the prefix is not a whole "
+                             "number of the prompt's tokens")
+        marks.append((len(head) - 1, tok.encode(text)[0]))
+    return marks
+
+
+def collate(encoded: list[tuple[list[int], int]], pad_id: int,
+            marks: list[list[tuple[int, int]]] | None = None) -> tuple[Tensor, Tensor]:
+    """[(ids, first_target)] -> inputs (B, T), targets (B, T) with -100 where nothing is scored. `marks[i]` adds
+    (position, token id) targets inside row i's prompt (`intermediate_targets`)."""
     T = max(len(ids) for ids, _ in encoded) - 1
     x = torch.full((len(encoded), T), pad_id, dtype=torch.long)
     y = torch.full((len(encoded), T), -100, dtype=torch.long)
@@ -47,6 +65,9 @@ def collate(encoded: list[tuple[list[int], int]], pad_id: int) -> tuple[Tensor, 
         x[i, :n] = ids_t[:-1]
         first = max(start - 1, 0)  # position t predicts token t + 1
         y[i, first:n] = ids_t[first + 1:]
+        for pos, target in (marks[i] if marks else ()):
+            if pos < n:
+                y[i, pos] = target
     return x, y
 
 
@@ -54,7 +75,7 @@ class TaskMix:
     """Samples batches from several tasks' training examples with fixed weights, reproducibly from a seed."""
 
     def __init__(self, pools: dict[str, list[Example]], weights: dict[str, float], tokenizer: Tokenizer,
-                 seed: int, cot: bool = False, max_len: int = 0,
+                 seed: int, cot: bool = False, max_len: int = 0, intermediate: bool = False,
                  bank_sources: dict[str, Callable[[list[Example]], Any]] | None = None):
         missing = sorted(set(weights) - set(pools))
         if missing:
@@ -62,6 +83,7 @@ class TaskMix:
         self.names = list(weights)
         self.weights = [weights[n] for n in self.names]
         self.pools, self.tok, self.cot, self.max_len = pools, tokenizer, cot, max_len
+        self.intermediate = intermediate  # also score the examples' intermediate targets
         self.bank_sources = bank_sources or {}  # task name -> examples -> BankSource (`Task.bank_source`)
         self.rng = random.Random(seed)
 
@@ -83,7 +105,9 @@ class TaskMix:
         encoded = [encode_example(ex, self.tok, self.cot) for ex in examples]
         if self.max_len:  # inputs and targets are the row shifted by one, so keep max_len + 1 ids
             encoded = [(ids[: self.max_len + 1], start) for ids, start in encoded]
-        x, y = collate(encoded, self.tok.pad_id)
+        marks = ([intermediate_targets(ex, self.tok, ids) for ex, (ids, _) in zip(examples, encoded)]
+                 if self.intermediate else None)
+        x, y = collate(encoded, self.tok.pad_id, marks)
         source = self.bank_sources[name](examples) if name in self.bank_sources else None
         return x, y, names, source
 

@@ -31,6 +31,9 @@ class Stage:
     bptt: int = 2
     router_cost: float = 0.01  # weight of the compute cost (expected thinking iterations per token)
     memory_aux: float = 0.0  # weight of the memory read's own next-token loss (0 = off)
+    # Also score the examples' intermediate targets (`Example.intermediate`: e.g. a word problem's running value
+    # after each sentence); evaluation never sees them.
+    intermediate: bool = False
     # Per-task example filters, e.g. {"arithmetic": {"max_steps": 2}} (a curriculum over difficulty).
     filters: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -39,7 +42,7 @@ class Stage:
         for f in fields(self):
             value = getattr(self, f.name)
             kind = f.type.split("[")[0]
-            expected = {"int": int, "float": (int, float), "str": str, "dict": dict, "list": list}[kind]
+            expected = {"int": int, "float": (int, float), "bool": bool, "str": str, "dict": dict, "list": list}[kind]
             if not isinstance(value, expected) or (kind in ("int", "float") and isinstance(value, bool)):
                 raise ConfigError(f"{where}: {f.name}: expected {f.type}, got {value!r}")
             if kind == "float":

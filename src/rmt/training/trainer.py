@@ -116,7 +116,7 @@ class Trainer:
         pools = {name: filter_examples(self.pools[name], stage.filters[name]) if name in stage.filters
                  else self.pools[name] for name in stage.tasks if name in self.pools}
         mix = TaskMix(pools, stage.tasks, self.tok, seed=self.seed * 1000 + stage_index, max_len=stage.seq_len,
-                      bank_sources=self.bank_sources)
+                      intermediate=stage.intermediate, bank_sources=self.bank_sources)
         k_rng = random.Random(self.seed * 1000 + stage_index + 500)
         opt = torch.optim.AdamW(param_groups(model, stage), lr=stage.lr, betas=(0.9, 0.95))
         net: nn.Module = model
