@@ -10,7 +10,7 @@ from rmt.model import RMT
 from rmt.tasks import Example
 from rmt.tokenizer import ByteTokenizer, TokenizerConfig
 from rmt.training import Stage, Trainer
-from rmt.training.batches import collate, encode_example
+from rmt.training.batches import TaskMix, collate, encode_example, intermediate_targets
 from rmt.training.trainer import NonFiniteLoss, lr_at, param_groups
 
 TINY = dict(d_model=32, n_prelude=1, n_coda=1, ssm={"head_dim": 16, "chunk": 16},
@@ -38,6 +38,37 @@ def test_qa_rows_score_only_the_answer():
     x, y = collate([encode_example(text, tok), encode_example(ex, tok)], tok.pad_id)
     assert tok.decode([int(t) for t in y[0] if t != -100]) == "bc\n"  # every next token of the text
     assert (x[0, 3:] == tok.pad_id).all()
+
+
+def test_intermediate_targets_score_the_running_value_inside_the_prompt():
+    from rmt.tasks import get_task
+    tok = ByteTokenizer()
+    ex = get_task("arithmetic", seed=0, n_train=50, n_validation=0, n_test=0).split("train")[7]
+    ids, start = encode_example(ex, tok)
+    marks = intermediate_targets(ex, tok, ids)
+    assert len(marks) == ex.meta["steps"] + 1  # after the start sentence and after each step
+    x, y = collate([(ids, start)], tok.pad_id, [marks])
+    for (pos, target), value in zip(marks, ex.meta["values"]):
+        assert tok.decode(x[0, :pos + 1].tolist()).endswith(".")  # read up to a sentence's end
+        assert int(y[0, pos]) == target == tok.encode(f" {value}")[0]
+    plain = collate([(ids, start)], tok.pad_id)[1]
+    assert torch.equal(y[0, start - 1:], plain[0, start - 1:])  # the answer's targets are unchanged
+    assert int((y != -100).sum()) == int((plain != -100).sum()) + len(marks)
+    # off by default: a stage scores them only when asked
+    pools = {"arithmetic": [ex]}
+    off = TaskMix(pools, {"arithmetic": 1.0}, tok, seed=0).batch(2)[1]
+    on = TaskMix(pools, {"arithmetic": 1.0}, tok, seed=0, intermediate=True).batch(2)[1]
+    assert int((on != -100).sum()) == int((off != -100).sum()) + 2 * len(marks)
+    with pytest.raises(ConfigError, match="intermediate"):
+        Stage("s", 1, {"arithmetic": 1.0}, intermediate="yes")
+
+
+def test_intermediate_target_inside_a_token_is_refused():
+    tok = TokenizerConfig("bpe", 300).build(["Q: Mia has 7 apples. She gets 5 more. A: 12\n"] * 20)
+    ex = Example("Q: Mia has 7 apples. A:", " 7", "qa", {}, intermediate=((14, " 7"),))  # inside "apples"
+    ids, _ = encode_example(ex, tok)
+    with pytest.raises(ValueError, match="character 14"):
+        intermediate_targets(ex, tok, ids)
 
 
 def test_training_reduces_the_loss_and_is_deterministic():
