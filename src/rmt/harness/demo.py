@@ -80,7 +80,7 @@ def demo_plan(quick: bool = False, steps_mult: float = 1.0) -> DemoPlan:
               frozen=["router"], router_cost=0.0),
         Stage("math-easy", n(400), mixed, lr=3e-3, warmup=30, think_iters_min=1, think_iters_max=1,
               filters={"arithmetic": {"max_steps": 2}}, frozen=["router"], router_cost=0.0, intermediate=True),
-        Stage("math", n(2400), mixed, lr=3e-3, warmup=20, think_iters_min=1, think_iters_max=1, router_cost=0.1,
+        Stage("math", n(2400), mixed, lr=3e-3, warmup=20, think_iters_min=1, think_iters_max=1, router_cost=0.03,
               intermediate=True),
     ]
     return DemoPlan(demo_model(), stages, n_knowledge_eval=400 if quick else 1000, n_math_eval=200 if quick else 1000,

@@ -1,0 +1,46 @@
+"""Run `rmt demo` with a changed curriculum (issue 18 screens): the demo's plan, its last stage replaced.
+
+    python experiments/demo_v2/variant.py --seed 2 --out runs/vA --variant route-late [--threads 1]
+
+Variants:
+  route-late   the math stage with the router frozen (thinking everywhere) for its first 1,800 steps, then a
+               600-step stage at lr 1e-3 where the router pays the compute cost (0.1) and learns where to think
+  cost-low     the demo's recipe with router_cost 0.03 instead of 0.1
+"""
+import argparse
+import json
+from dataclasses import replace
+
+import torch
+
+from rmt.harness.demo import demo_plan, run_demo
+
+
+def plan_for(variant: str):
+    plan = demo_plan()
+    *head, math = plan.stages
+    if variant == "route-late":
+        frozen = replace(math, name="math", steps=1800, frozen=["router"], router_cost=0.0)
+        route = replace(math, name="math-route", steps=600, lr=1e-3, warmup=20, router_cost=0.1)
+        plan.stages = [*head, frozen, route]
+    elif variant == "cost-low":
+        plan.stages = [*head, replace(math, router_cost=0.03)]
+    else:
+        raise SystemExit(f"unknown variant {variant!r}")
+    return plan
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    r = run_demo(a.seed, a.out, plan=plan_for(a.variant), progress=False, overwrite=True)
+    print(json.dumps({"variant": a.variant, "seed": a.seed, "wall": r["wall_seconds"], "know": r["knowledge"]["em"],
+                      "know_mem_off": r["knowledge"]["em_memory_off"], "math": r["math"]["acc"],
+                      "by_steps": r["math"]["acc_by_steps"], "math_k0": r["math"]["acc_recurrence_off"],
+                      "think_math": r["math"]["think_iters_per_token"],
+                      "think_know": r["knowledge"]["think_iters_per_token"]}))
