@@ -129,3 +129,16 @@ def test_a_data_parallel_split_keeps_the_bank_and_splits_the_rows():
     part = src.select(slice(1, 3)).to("cpu")
     assert part.rows == 2 and part.gold.tolist() == src.gold.tolist()[1:3]
     assert torch.equal(part.keys, src.keys) and torch.equal(part.questions, src.questions[1:3])
+
+
+def test_in_context_prompts_state_the_asked_fact_among_distractors():
+    task = get_task("facts-bank", **SMALL)
+    rows = task.split("test")[:5]
+    ctx = task.in_context("test", rows, n_people=3)
+    for ex, c in zip(rows, ctx):
+        facts, question = c.prompt.split("\n")
+        assert question == ex.prompt and c.target == ex.target
+        sentences = facts.split(". ")
+        assert len(sentences) == 3 * 4  # every fact of 3 people, the asked one among them
+        assert f"{ex.meta['entity']} {ex.meta['attribute']}{ex.target}" in facts
+    assert task.in_context("test", rows, n_people=3) == ctx  # seeded

@@ -29,12 +29,14 @@ from rmt.training.trainer import NonFiniteLoss, lr_at
 
 
 def matching_config(n_params: int, d_model: int = 128, n_head: int = 4, max_len: int = 1024,
-                    tolerance: float = 0.10) -> GPTConfig:
+                    tolerance: float = 0.10, vocab_size: int = 257, pad_id: int = 256) -> GPTConfig:
     """The GPT config whose parameter count is closest to n_params: depth at the given width first, then
     other widths (multiples of 16) if no depth lands within `tolerance`."""
+    vocab = dict(vocab_size=vocab_size, pad_id=pad_id)
+
     def count(d: int, layers: int) -> int:
         with torch.device("meta"):
-            return GPT(GPTConfig(n_layer=layers, n_head=n_head, d_model=d, max_len=max_len)).num_params()
+            return GPT(GPTConfig(n_layer=layers, n_head=n_head, d_model=d, max_len=max_len, **vocab)).num_params()
 
     best: tuple[float, GPTConfig] | None = None
     for d in [d_model] + [w for w in range(16, 1025, 16) if w != d_model]:
@@ -45,7 +47,7 @@ def matching_config(n_params: int, d_model: int = 128, n_head: int = 4, max_len:
         for n in {max(1, layers - 1), layers, layers + 1}:
             rel = abs(one + (n - 1) * per_layer - n_params) / n_params
             if best is None or rel < best[0]:
-                best = (rel, GPTConfig(n_layer=n, n_head=n_head, d_model=d, max_len=max_len))
+                best = (rel, GPTConfig(n_layer=n, n_head=n_head, d_model=d, max_len=max_len, **vocab))
         if best[0] <= tolerance:
             return best[1]
     raise ValueError(f"no GPT within {tolerance:.0%} of {n_params:,} parameters (closest {best[0]:.1%} off)")
@@ -54,14 +56,16 @@ def matching_config(n_params: int, d_model: int = 128, n_head: int = 4, max_len:
 def train_gpt(model: GPT, tok: Tokenizer, pools: dict[str, list[Example]], stages: list[Stage], *, seed: int = 0,
               progress: bool = True, on_metrics: Callable[[dict], None] | None = None, log_every: int = 25,
               cot: bool = True) -> float:
-    """Train through `stages` on chain-of-thought targets (where an example has one) -> training seconds."""
+    """Train through `stages` on chain-of-thought targets (where an example has one; `cot=False`: the direct
+    answers) -> training seconds. Any model with GPT's interface (`GRULM` too)."""
     device = next(model.parameters()).device
     seconds, global_step = 0.0, 0
     for si, stage in enumerate(stages):
         model.train()
         stage_pools = {n: filter_examples(pools[n], stage.filters[n]) if n in stage.filters else pools[n]
                        for n in stage.tasks}
-        mix = TaskMix(stage_pools, stage.tasks, tok, seed=seed * 1000 + si, cot=cot, max_len=model.config.max_len - 1)
+        mix = TaskMix(stage_pools, stage.tasks, tok, seed=seed * 1000 + si, cot=cot, max_len=model.config.max_len - 1,
+                      intermediate=stage.intermediate)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": stage.weight_decay},

@@ -175,6 +175,22 @@ class FactsBank(Task):
         rng.shuffle(order)
         return [(key_text(e, attr), " " + v) for e in order for attr, v in facts.get(e, {}).items()]
 
+    def in_context(self, split: str, examples: list[Example], n_people: int = 4) -> list[Example]:
+        """The questions for a model without a bank: each prompt starts with the facts of the asked person and of
+        n_people - 1 distractor people of the same split, one sentence per fact ("Vorla Minet city Paris."), in
+        a seeded order, then the question. (An oracle retrieval: a bank holds far more people.)"""
+        pool, out = self.entities[split], []
+        for ex in examples:
+            e = ex.meta["entity"]
+            rng = random.Random(f"{self.config.seed}/context/{split}/{e}/{ex.meta['attribute']}/{ex.meta['template']}")
+            people = {e}
+            while len(people) < min(n_people, len(pool)):
+                people.add(pool[rng.randrange(len(pool))])
+            lines = [f"{key_text(p, attr)} {v}." for p in sorted(people) for attr, v in self.facts[p].items()]
+            rng.shuffle(lines)
+            out.append(replace(ex, prompt=" ".join(lines) + "\n" + ex.prompt))
+        return out
+
     def bank_source(self, split: str, tokenizer=None) -> Callable[[list[Example]], FactBank]:
         """examples -> their `FactBank`; training batches also carry the retrieval loss's questions and gold
         entries (`retrieval_loss`)."""
