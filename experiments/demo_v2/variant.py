@@ -6,6 +6,8 @@ Variants:
   route-late   the math stage with the router frozen (thinking everywhere) for its first 1,800 steps, then a
                600-step stage at lr 1e-3 where the router pays the compute cost (0.1) and learns where to think
   cost-low     the demo's recipe with router_cost 0.03 instead of 0.1
+  base         the demo's recipe as it is (with --hidden H: the GRU core H wide; --cost C: the math stage's
+               router cost)
 """
 import argparse
 import json
@@ -16,8 +18,12 @@ import torch
 from rmt.harness.demo import demo_plan, run_demo
 
 
-def plan_for(variant: str):
+def plan_for(variant: str, hidden: int = 0, cost: float | None = None):
     plan = demo_plan()
+    if hidden:
+        plan.model = plan.model.replace(core={**plan.model.core.__dict__, "hidden": hidden})
+    if cost is not None:
+        plan.stages[-1] = replace(plan.stages[-1], router_cost=cost)
     *head, math = plan.stages
     if variant == "route-late":
         frozen = replace(math, name="math", steps=1800, frozen=["router"], router_cost=0.0)
@@ -25,7 +31,7 @@ def plan_for(variant: str):
         plan.stages = [*head, frozen, route]
     elif variant == "cost-low":
         plan.stages = [*head, replace(math, router_cost=0.03)]
-    else:
+    elif variant != "base":
         raise SystemExit(f"unknown variant {variant!r}")
     return plan
 
@@ -36,10 +42,12 @@ if __name__ == "__main__":
     p.add_argument("--out", required=True)
     p.add_argument("--variant", required=True)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=0)
+    p.add_argument("--cost", type=float)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    r = run_demo(a.seed, a.out, plan=plan_for(a.variant), progress=False, overwrite=True)
-    print(json.dumps({"variant": a.variant, "seed": a.seed, "wall": r["wall_seconds"], "know": r["knowledge"]["em"],
+    r = run_demo(a.seed, a.out, plan=plan_for(a.variant, a.hidden, a.cost), progress=False, overwrite=True)
+    print(json.dumps({"variant": a.variant, "hidden": a.hidden, "cost": a.cost, "seed": a.seed, "wall": r["wall_seconds"], "know": r["knowledge"]["em"],
                       "know_mem_off": r["knowledge"]["em_memory_off"], "math": r["math"]["acc"],
                       "by_steps": r["math"]["acc_by_steps"], "math_k0": r["math"]["acc_recurrence_off"],
                       "think_math": r["math"]["think_iters_per_token"],

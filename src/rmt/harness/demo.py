@@ -49,13 +49,14 @@ class DemoPlan:
 
 
 def demo_model() -> RMTConfig:
-    """The demo's RMT: the tiny preset with a token-carried GRU thinking core and a fact bank read by softmax.
+    """The demo's RMT: the tiny preset with a token-carried GRU thinking core (2 layers, 160 wide) and a fact bank
+    read by softmax.
 
     The core carries a running value from token to token (a word problem's count); the bank's keys are
     encoded as the queries that find them (`RMT.text_bank`), so a question's words find its fact. The product-
     key memory is off: the demo's knowledge lives in the bank, and the dense layers could hold a fact set
     this small anyway (experiments/README.md)."""
-    return preset("tiny", {"n_prelude": 0, "embed_init": 0.0, "core": {"mixer": "gru", "n_layers": 2, "iters": 1},
+    return preset("tiny", {"n_prelude": 0, "embed_init": 0.0, "core": {"mixer": "gru", "n_layers": 2, "iters": 1, "hidden": 160},
                            "product_keys": {"enabled": False}, "bank": {"read": "softmax"},
                            "reader": {"query_ema": 8, "query_state": False}, "router": {"context": True}})
 
@@ -80,11 +81,21 @@ def demo_plan(quick: bool = False, steps_mult: float = 1.0) -> DemoPlan:
               frozen=["router"], router_cost=0.0),
         Stage("math-easy", n(400), mixed, lr=3e-3, warmup=30, think_iters_min=1, think_iters_max=1,
               filters={"arithmetic": {"max_steps": 2}}, frozen=["router"], router_cost=0.0, intermediate=True),
-        Stage("math", n(2400), mixed, lr=3e-3, warmup=20, think_iters_min=1, think_iters_max=1, router_cost=0.03,
+        Stage("math", n(2400), mixed, lr=3e-3, warmup=20, think_iters_min=1, think_iters_max=1, router_cost=0.1,
               intermediate=True),
     ]
     return DemoPlan(demo_model(), stages, n_knowledge_eval=400 if quick else 1000, n_math_eval=200 if quick else 1000,
                     n_edits=100 if quick else 400, n_timed=10 if quick else 40, tokenizer=TokenizerConfig("bpe", 2048))
+
+
+def demo_tasks(plan: DemoPlan, seed: int) -> tuple:
+    """-> (facts-bank task, arithmetic task, training pools, tokenizer): the demo's data for a seed. The BPE is
+    learned from the pools, so whatever else trains on the demo's data (its peers, the CoT baseline of
+    `rmt reproduce`) gets the same tokenizer from this."""
+    facts = get_task("facts-bank", seed=seed, **plan.facts)
+    arith = get_task("arithmetic", seed=seed, **plan.arithmetic)
+    pools = {"facts-bank": facts.split("train"), "arithmetic": arith.split("train")}
+    return facts, arith, pools, build_tokenizer(plan.tokenizer, pools)
 
 
 def _fmt(x: float) -> str:
@@ -109,10 +120,7 @@ def _run_demo(seed: int, out: Path, quick: bool, steps_mult: float, progress: bo
     random.seed(seed)
     torch.manual_seed(seed)
     plan = plan or demo_plan(quick, steps_mult)
-    facts = get_task("facts-bank", seed=seed, **plan.facts)
-    arith = get_task("arithmetic", seed=seed, **plan.arithmetic)
-    pools = {"facts-bank": facts.split("train"), "arithmetic": arith.split("train")}
-    tok = build_tokenizer(plan.tokenizer, pools)
+    facts, arith, pools, tok = demo_tasks(plan, seed)
 
     config = plan.model.replace(vocab_size=tok.vocab_size, pad_id=tok.pad_id)
     facts.check_model(config)
