@@ -8,6 +8,7 @@ import statistics
 import sys
 from pathlib import Path
 
+RATIO_CAP = 1000  # a ratio above this is shown as "> 1000": the knowledge figure is ~0
 ROWS = [  # (label, path into the report)
     ("knowledge EM (run-time facts, held-out phrasing)", ("knowledge", "em")),
     ("  memory off", ("knowledge", "em_memory_off")),
@@ -43,6 +44,10 @@ def main(folders: list[str]) -> None:
         vals = [scale * get(r, path) for r in reports]
         fmt = ".0f" if path == ("wall_seconds",) else (".1f" if scale > 1 or "ratio" in path[-1] else ".3f")
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        if "ratio" in path[-1] and max(vals) > RATIO_CAP:  # knowledge thinking ~0: the quotient means nothing
+            print(f"| {label} | " + " | ".join(format(v, fmt) if v <= RATIO_CAP else f"> {RATIO_CAP}" for v in vals)
+                  + f" | min {format(min(vals), fmt) if min(vals) <= RATIO_CAP else f'> {RATIO_CAP}'} |")
+            continue
         print(f"| {label} | " + " | ".join(format(v, fmt) for v in vals)
               + f" | {format(statistics.mean(vals), fmt)} ± {format(sd, fmt)} |")
 

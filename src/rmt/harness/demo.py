@@ -102,6 +102,11 @@ def _fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
+def _ratio(x: float) -> str:
+    """A thinking ratio; above 1000x the knowledge figure is ~0 and the quotient means nothing."""
+    return f"{x:.1f}x" if x <= 1000 else "> 1000x"
+
+
 # What `rmt demo` writes in its folder: a folder holding any of these holds an earlier demo (see `rmt.rundir`).
 DEMO_OUTPUTS = ("metrics.jsonl", "checkpoint", "report.json", "predictions.jsonl", "training.png")
 
@@ -258,7 +263,7 @@ def format_table(r: dict) -> str:
     lines.append(f"bank edits answered with the new value: {_fmt(k['edit_success'])} of {k['n_edits']}; "
                  f"deleted facts still answered: {_fmt(k['deleted_still_answered'])}")
     lines.append(f"thinking iterations per token: math {m['think_iters_per_token']:.3f}, knowledge "
-                 f"{k['think_iters_per_token']:.3f} (ratio {r['router_think_ratio_math_over_knowledge']:.1f}x); "
+                 f"{k['think_iters_per_token']:.3f} (ratio {_ratio(r['router_think_ratio_math_over_knowledge'])}); "
                  f"a knowledge answer at batch 1: {1000 * k['seconds_per_answer_b1_routed']:.1f} ms routed, "
                  f"{1000 * k['seconds_per_answer_b1_forced_think']:.1f} ms forced to think")
     lines.append(f"params {r['params']:,}, wall time {r['wall_seconds']:.0f} s (training {r['train_seconds']:.0f} s), "
