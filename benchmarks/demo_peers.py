@@ -1,12 +1,13 @@
 """Peers at equal wall time: the project's GPT baseline and a plain GRU beside a trained `rmt demo`.
 
     rmt demo --seed 0 --out runs/demo-s0
-    python benchmarks/demo_peers.py runs/demo-s0      # -> runs/demo-s0/peers.json, peers.md, peers.png
+    python benchmarks/demo_peers.py runs/demo-s0      # -> runs/demo-s0/peers.json, peers.md, peers.png,
+                                                      #    peer-gpt.safetensors, peer-gru.safetensors
 
 Both peers get what the demo's RMT got: the run's tokenizer (read from its checkpoint), the same task data
 and curriculum (stage mixes, difficulty filters, learning rates, intermediate targets; RMT-only fields such
 as the router's are ignored), about the same parameter count, and the same training seconds (each stage's
-steps scaled by one factor measured on a 10-step calibration per stage, not counted). They answer directly
+steps scaled by one factor measured on a 30-step calibration per stage, not counted). They answer directly
 (no chain of thought), greedy, on the demo's own test questions.
 
 They have no bank, so a knowledge question reaches them with the facts in their context: the asked person's
@@ -24,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from rmt.baselines.cot import evaluate_gpt, matching_config, train_gpt
 from rmt.baselines.gpt import GPT
@@ -33,6 +35,7 @@ from rmt.tasks import get_task
 from rmt.tokenizer import load_tokenizer
 
 N_PEOPLE = 4  # people whose facts a peer's knowledge prompt holds (the asked one among them)
+CALIBRATION_STEPS = 30  # per stage: a stage mixes short math rows and long fact prompts, so sample enough of both
 
 
 def time_matched(model, tok, pools, stages, seconds: float, seed: int) -> tuple[list, dict]:
@@ -40,7 +43,7 @@ def time_matched(model, tok, pools, stages, seconds: float, seed: int) -> tuple[
     per_step = {}
     for stage in stages:
         probe = copy.deepcopy(model)
-        n = 10
+        n = CALIBRATION_STEPS
         per_step[stage.name] = train_gpt(probe, tok, pools, [replace(stage, steps=n)], seed=seed, progress=False,
                                          cot=False) / n
     planned = sum(s.steps * per_step[s.name] for s in stages)
@@ -48,13 +51,15 @@ def time_matched(model, tok, pools, stages, seconds: float, seed: int) -> tuple[
     return [replace(s, steps=max(1, round(s.steps * factor))) for s in stages], per_step
 
 
-def run_peer(name: str, model, tok, pools, stages, seconds: float, seed: int, tests: dict, progress: bool) -> dict:
+def run_peer(name: str, model, tok, pools, stages, seconds: float, seed: int, tests: dict, progress: bool,
+             out: Path) -> dict:
     torch.manual_seed(seed)
     scaled, per_step = time_matched(model, tok, pools, stages, seconds, seed)
     t0 = time.perf_counter()
     train_seconds = train_gpt(model, tok, pools, scaled, seed=seed, progress=progress, cot=False)
     print(f"{name}: {sum(s.steps for s in scaled)} steps in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    ev = dict(batch_size=128, progress=progress)
+    save_file(model.state_dict(), str(out / f"peer-{name}.safetensors"))
+    ev = dict(batch_size=128, progress=progress, cot=False)
     know = evaluate_gpt(model, tests["knowledge"], tok, max_new_tokens=8, desc=f"{name} knowledge", **ev)
     trained = evaluate_gpt(model, tests["trained"], tok, max_new_tokens=8, desc=f"{name} trained people", **ev)
     math = evaluate_gpt(model, tests["math"], tok, max_new_tokens=6, group_by="steps", desc=f"{name} math", **ev)
@@ -139,7 +144,7 @@ def main() -> None:
         torch.manual_seed(seed)
         model = (GPT(matching_config(n, max_len=512, **vocab)) if name == "gpt"
                  else GRULM(matching_gru(n, **vocab)))
-        result[name] = run_peer(name, model, tok, pools, plan.stages, seconds, seed, tests, not a.no_progress)
+        result[name] = run_peer(name, model, tok, pools, plan.stages, seconds, seed, tests, not a.no_progress, run)
     (run / "peers.json").write_text(json.dumps(result, indent=2) + "\n")
     (run / "peers.md").write_text(table(result))
     plot(result, run / "peers.png")

@@ -13,13 +13,13 @@ from rmt.evaluation.evaluate import evaluate_qa
 from rmt.model import RMT
 from rmt.evaluation.refine import evaluate_refined, refine_prompt, refinement_examples, weights_fingerprint
 from rmt.evaluation.report import ReportError, claims, load_seed_reports, write_report
-from rmt.harness.reproduce import (REFINE_POOL, ReproducePlan, build_data, for_gpt, mean_over_seeds, parse_seeds,
-                           run_reproduce, without_thinking)
+from rmt.harness.demo import DemoPlan
+from rmt.harness.reproduce import ReproducePlan, extrapolation_set, mean_over_seeds, parse_seeds, run_reproduce
 from rmt.tasks import Example, get_task
 from rmt.tokenizer import ByteTokenizer
 from rmt.training import Stage
 
-from tests.test_training import TINY
+from tests.test_training import DEMO_FACTS, TINY, TINY_DEMO
 
 
 def _arith(n: int = 40) -> list[Example]:
@@ -104,32 +104,24 @@ def test_cot_baseline_learns_and_counts_every_generated_token():
 
 # ----------------------------------------------------------------------------------------------- reproduce
 def _tiny_plan() -> ReproducePlan:
-    stages = [Stage("facts", 2, {"facts-synthetic": 1.0}, batch_size=4, warmup=1, think_iters_min=1,
-                    think_iters_max=1, frozen=["router"], router_cost=0.0),
-              Stage("math", 2, {"arithmetic": 0.5, REFINE_POOL: 0.25, "facts-synthetic": 0.25}, batch_size=4,
-                    warmup=1, think_iters_min=1, think_iters_max=3)]
-    return ReproducePlan(RMTConfig.from_dict(TINY), stages, facts={"n_entities": 20, "n_validation": 10},
-                         arithmetic={"n_train": 300, "max_steps": 2, "n_test": 20, "n_validation": 10},
-                         eval_max_steps=3, n_knowledge_eval=6, n_math_eval=6, n_extrapolation_per_steps=2,
-                         think_iters_eval=(1, 2, 4), refine_rounds=1, n_refine_eval=4, n_router_timing=1,
-                         n_router_examples=1, cot_max_new_tokens=24)
+    stages = [Stage("facts", 2, {"facts-bank": 1.0}, batch_size=4, warmup=1, think_iters_min=0, think_iters_max=0,
+                    frozen=["router"], router_cost=0.0),
+              Stage("math", 2, {"arithmetic": 0.75, "facts-bank": 0.25}, batch_size=4, warmup=1, think_iters_min=1,
+                    think_iters_max=1, intermediate=True)]
+    demo = DemoPlan(RMTConfig.from_dict(TINY_DEMO), stages, n_knowledge_eval=6, n_math_eval=6, n_edits=4, n_timed=2,
+                    arithmetic={"n_train": 300, "max_steps": 2, "n_test": 20, "n_validation": 10}, facts=DEMO_FACTS)
+    return ReproducePlan(demo, eval_max_steps=3, n_extrapolation_per_steps=2, think_iters_eval=(1, 2),
+                         refine_rounds=1, n_refine_eval=4, n_router_timing=1, n_router_examples=1,
+                         cot_max_new_tokens=24)
 
 
 def test_extrapolation_set_has_longer_problems_never_seen_in_training():
     plan = _tiny_plan()
-    data = build_data(plan, seed=0)
-    train = {ex.prompt for ex in data.pools["arithmetic"]}
-    steps = sorted({ex.meta["steps"] for ex in data.extrapolation_test})
-    assert steps == [1, 2, 3]
-    assert not any(ex.prompt in train for ex in data.extrapolation_test)
-    assert all(ex.meta["steps"] <= 2 for ex in data.math_test)
-
-
-def test_curriculum_variants():
-    stages = _tiny_plan().stages
-    assert all(s.think_iters_max == 0 and s.router_cost == 0 for s in without_thinking(stages))
-    gpt_math = for_gpt(stages)[1]
-    assert REFINE_POOL not in gpt_math.tasks and gpt_math.tasks["arithmetic"] == 0.75
+    train = get_task("arithmetic", seed=0, **plan.demo.arithmetic).split("train")
+    long = extrapolation_set(plan, 0, train)
+    assert sorted({ex.meta["steps"] for ex in long}) == [1, 2, 3]
+    assert not {ex.prompt for ex in long} & {ex.prompt for ex in train}
+    assert plan.arithmetic_max_steps == 2
 
 
 def test_reproduce_writes_every_key_the_issue_names_and_resumes(tmp_path):
@@ -138,30 +130,30 @@ def test_reproduce_writes_every_key_the_issue_names_and_resumes(tmp_path):
     report = top["per_seed"]["0"]
     on_disk = json.loads((tmp_path / "seed-0" / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
-    assert {"params", "acc", "tokens_per_answer"} <= set(report["cot_baseline"])
+    assert {"params", "acc", "tokens_per_answer", "knowledge_em"} <= set(report["cot_baseline"])
     assert abs(report["cot_baseline"]["params"] - report["params"]) / report["params"] <= 0.10
     assert set(report["math"]["acc_by_steps"]) == {"1", "2", "3"}
-    assert set(report["math"]["acc_by_think_iters"]) == {"1", "2", "4"}
+    assert set(report["math"]["acc_by_think_iters"]) == {"1", "2"}
     assert report["tta"]["weights_unchanged"] is True
     assert {"acc_before", "acc_after"} <= set(report["tta"])
     assert {"think_iters_knowledge", "think_iters_math"} <= set(report["router"])
-    assert {"em", "acc"} <= set(report["ablations_from_scratch"]["no_memory"])
-    assert {"em", "acc"} <= set(report["ablations_from_scratch"]["no_think"])
-    assert {"em", "em_memory_off"} <= set(report["knowledge"]) and "acc_recurrence_off" in report["math"]
+    assert {"em", "em_memory_off", "edit_success"} <= set(report["knowledge"])
+    assert "acc_recurrence_off" in report["math"]
     assert top["math"]["acc"] == report["math"]["acc"] and top["seeds"] == [0]
-    # the checkpoint written is the RMT that was measured
-    assert (tmp_path / "seed-0" / "checkpoint" / "model.safetensors").is_file()
+    assert [ex["kind"] for ex in report["router_examples"]] == ["knowledge", "math"]
+    # the RMT measured is the demo's, with its checkpoint and report
+    assert (tmp_path / "seed-0" / "rmt" / "checkpoint" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "seed-0" / "rmt" / "report.json").read_text())["math"]["n"] == 6
+    # the CoT baseline gets the knowledge questions with their facts in context
+    assert "context" in report["cot_baseline"]["knowledge_setting"]
     # A finished job is not run again (a killed run continues where it stopped) ...
-    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "seed-0").glob("*.json") if p.name != "report.json"}
-    (tmp_path / "seed-0" / "no_think.json").unlink()
+    stamp = (tmp_path / "seed-0" / "rmt.json").stat().st_mtime_ns
+    (tmp_path / "seed-0" / "cot_baseline.json").unlink()
     again = run_reproduce([0], tmp_path, progress=False, jobs=1, plan=plan)
-    assert again["per_seed"]["0"]["ablations_from_scratch"] == report["ablations_from_scratch"] | {
-        "no_think": {**report["ablations_from_scratch"]["no_think"],
-                     "wall_seconds": again["per_seed"]["0"]["ablations_from_scratch"]["no_think"]["wall_seconds"],
-                     "train_seconds": again["per_seed"]["0"]["ablations_from_scratch"]["no_think"]["train_seconds"]}}
-    for name, stamp in stamps.items():
-        if name != "no_think.json":
-            assert (tmp_path / "seed-0" / name).stat().st_mtime_ns == stamp
+    assert (tmp_path / "seed-0" / "rmt.json").stat().st_mtime_ns == stamp
+    cot, cot_again = report["cot_baseline"], again["per_seed"]["0"]["cot_baseline"]
+    assert {k: v for k, v in cot_again.items() if "seconds" not in k} == {k: v for k, v in cot.items()
+                                                                        if "seconds" not in k}
     # ... and a folder holding another plan's results is refused.
     with pytest.raises(ValueError, match="different plan"):
         run_reproduce([0], tmp_path, progress=False, jobs=1, plan=replace(plan, refine_rounds=2))
@@ -210,6 +202,9 @@ def test_report_tables_and_plots(tmp_path):
     assert verdicts["memory off (switch): knowledge EM ≥ 20 points lower"] is True  # 0.9 -> 0.5
     assert verdicts["router: ≥ 3× more thinking iterations per token on math than knowledge"] is True  # 4x
     assert verdicts["recurrence off (trained without): math accuracy at most half"] is True
+    # a reproduction without ablations trained from scratch (today's) has no such claims
+    bare = [{k: v for k, v in r.items() if k != "ablations_from_scratch"} for r in seeds]
+    assert not any("trained without" in c for c, _, _, _ in claims(bare))
 
 
 def test_report_rejects_bad_runs(tmp_path):
@@ -263,3 +258,17 @@ def test_eval_and_generate_commands_take_test_time_compute_flags(tmp_path, capsy
     # a bad argument is one line on stderr and exit status 2, as for every command (issue 20)
     assert main(["generate", "--checkpoint", str(tmp_path), "--prompt", "x"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_a_direct_answer_baseline_is_scored_on_its_first_line():
+    """Trained without chain of thought (`cot=False`), a model answers directly even where the example has a
+    chain of thought, and is scored on that answer (not on a '####' it was never taught to write)."""
+    torch.manual_seed(0)
+    tok = ByteTokenizer()
+    examples = _arith(4)
+    gpt = GPT(matching_config(100_000, d_model=48, max_len=160))
+    stages = [Stage("math", 120, {"arithmetic": 1.0}, batch_size=4, lr=3e-3, warmup=10)]
+    train_gpt(gpt, tok, {"arithmetic": examples}, stages, seed=0, progress=False, cot=False)
+    direct = evaluate_gpt(gpt, examples, tok, max_new_tokens=8, cot=False)
+    assert direct.accuracy == 1.0 and not any("####" in p for p in direct.predictions)
+    assert evaluate_gpt(gpt, examples, tok, max_new_tokens=8).accuracy == 0.0  # read as CoT: no marker, no answer

@@ -106,8 +106,9 @@ def final_answer(generation: str, has_cot: bool) -> str:
 @torch.no_grad()
 def evaluate_gpt(model: GPT, examples: list[Example], tok: Tokenizer, *, max_new_tokens: int = 16,
                  batch_size: int = 64, group_by: str | None = None, progress: bool = False,
-                 desc: str = "gpt eval") -> QAResult:
-    """Greedy answers (chain of thought where the example has one) scored on their final answer."""
+                 desc: str = "gpt eval", cot: bool = True) -> QAResult:
+    """Greedy answers scored on their final answer: after '####' where the example has a chain of thought and
+    the model was trained to write one (`cot`), else the first line."""
     model.eval()
     device = next(model.parameters()).device
     encoded = [tok.encode(ex.prompt) for ex in examples]
@@ -118,7 +119,7 @@ def evaluate_gpt(model: GPT, examples: list[Example], tok: Tokenizer, *, max_new
         out = model.generate(idx, room, eos_id=tok.eos_id)
         for r, i in enumerate(rows):
             preds[i], n_tokens[i] = decode_answer(out[r].tolist(), tok)
-    correct = [exact_match(final_answer(p, ex.cot is not None), (ex.target,) + tuple(ex.aliases))
+    correct = [exact_match(final_answer(p, cot and ex.cot is not None), (ex.target,) + tuple(ex.aliases))
                for p, ex in zip(preds, examples)]
     by = {group_by: accuracy_by(examples, correct, group_by)} if group_by else {}
     n = max(len(examples), 1)
