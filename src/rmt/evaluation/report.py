@@ -33,7 +33,7 @@ def load_seed_reports(runs: list[str | Path]) -> list[dict]:
             raise ReportError(f"{path}: not valid JSON ({e})") from None
         found = list(data["per_seed"].values()) if "per_seed" in data else [data]
         for r in found:
-            missing = [k for k in ("cot_baseline", "tta", "router", "ablations_from_scratch", "math", "knowledge")
+            missing = [k for k in ("cot_baseline", "tta", "router", "math", "knowledge")
                        if k not in r]
             if missing:
                 raise ReportError(f"{path}: seed {r.get('seed', '?')} lacks {missing}; is it a `rmt reproduce` report?")
@@ -76,8 +76,8 @@ def claims(reports: list[dict]) -> list[tuple[str, str, str, bool]]:
 
     rmt_acc, cot_acc = mean("math.acc"), mean("cot_baseline.acc")
     rmt_tok, cot_tok = mean("math.tokens_per_answer"), mean("cot_baseline.tokens_per_answer")
-    em, em_off, em_scratch = mean("knowledge.em"), mean("knowledge.em_memory_off"), mean("ablations_from_scratch.no_memory.em")
-    acc_off, acc_scratch = mean("math.acc_recurrence_off"), mean("ablations_from_scratch.no_think.acc")
+    em, em_off = mean("knowledge.em"), mean("knowledge.em_memory_off")
+    acc_off = mean("math.acc_recurrence_off")
     ks = sorted(reports[0]["math"]["acc_by_think_iters"], key=int)
     k_default = str(reports[0]["math"]["think_iters_default"])
     k_max = ks[-1]
@@ -86,19 +86,15 @@ def claims(reports: list[dict]) -> list[tuple[str, str, str, bool]]:
     before, after = mean("tta.acc_before"), mean("tta.acc_after")
     unchanged = all(r["tta"]["weights_unchanged"] for r in reports)
     tk, tm = mean("router.think_iters_knowledge"), mean("router.think_iters_math")
-    return [
+    rows = [
         ("RMT math accuracy ≥ CoT baseline's", "≥", f"RMT {_pm(reports, 'math.acc')} vs CoT {_pm(reports, 'cot_baseline.acc')}",
          rmt_acc >= cot_acc),
         ("…with ≥ 10× fewer generated tokens per answer", "≥ 10×",
          f"{rmt_tok:.1f} vs {cot_tok:.1f} tokens ({cot_tok / max(rmt_tok, 1e-9):.1f}×)", cot_tok >= 10 * rmt_tok),
         ("memory off (switch): knowledge EM ≥ 20 points lower", "≥ 0.20",
          f"{em:.3f} → {em_off:.3f} (−{em - em_off:.3f})", em - em_off >= 0.20),
-        ("memory off (trained without): knowledge EM ≥ 20 points lower", "≥ 0.20",
-         f"{em:.3f} vs {em_scratch:.3f} (−{em - em_scratch:.3f})", em - em_scratch >= 0.20),
         ("recurrence off (switch, K=0): math accuracy at most half", "≤ 0.5×",
          f"{rmt_acc:.3f} → {acc_off:.3f}", acc_off <= 0.5 * rmt_acc and rmt_acc > 0),
-        ("recurrence off (trained without): math accuracy at most half", "≤ 0.5×",
-         f"{rmt_acc:.3f} vs {acc_scratch:.3f}", acc_scratch <= 0.5 * rmt_acc and rmt_acc > 0),
         (f"more iterations help on longer problems than trained (K={k_default} → K={k_max})", "higher",
          f"{long_default:.3f} → {long_max:.3f}", long_max > long_default),
         ("refinement rounds do not lower accuracy; weights unchanged", "≥, identical",
@@ -107,6 +103,18 @@ def claims(reports: list[dict]) -> list[tuple[str, str, str, bool]]:
         ("router: ≥ 3× more thinking iterations per token on math than knowledge", "≥ 3×",
          f"{tm:.2f} vs {tk:.2f} ({tm / max(tk, 1e-9):.1f}×)", tm >= 3 * tk),
     ]
+    if from_scratch(reports):  # ablations trained from scratch, where a run has them (older reproductions)
+        em_scratch, acc_scratch = mean("ablations_from_scratch.no_memory.em"), mean("ablations_from_scratch.no_think.acc")
+        rows[3:3] = [("memory off (trained without): knowledge EM ≥ 20 points lower", "≥ 0.20",
+                      f"{em:.3f} vs {em_scratch:.3f} (−{em - em_scratch:.3f})", em - em_scratch >= 0.20)]
+        rows[5:5] = [("recurrence off (trained without): math accuracy at most half", "≤ 0.5×",
+                      f"{rmt_acc:.3f} vs {acc_scratch:.3f}", acc_scratch <= 0.5 * rmt_acc and rmt_acc > 0)]
+    return rows
+
+
+def from_scratch(reports: list[dict]) -> bool:
+    """Whether every seed has the ablations trained from scratch (a model built without memory, without thinking)."""
+    return all(r.get("ablations_from_scratch", {}).get(k) for r in reports for k in ("no_memory", "no_think"))
 
 
 def headline_table(reports_or_runs: list[dict]) -> str:
@@ -131,14 +139,17 @@ def markdown(reports: list[dict], runs: list[str]) -> str:
            f"| RMT | {stats(reports, 'params')[0]:,.0f} | {_pm(reports, 'knowledge.em')} | {_pm(reports, 'math.acc')} | "
            f"{_pm(reports, 'math.tokens_per_answer', 1)} | {_pm(reports, 'train_seconds', 0)} |",
            f"| RMT, memory switched off | | {_pm(reports, 'knowledge.em_memory_off')} | | | |",
-           f"| RMT, recurrence switched off (K=0) | | | {_pm(reports, 'math.acc_recurrence_off')} | | |",
-           f"| RMT trained without memory | | {_pm(reports, 'ablations_from_scratch.no_memory.em')} | "
-           f"{_pm(reports, 'ablations_from_scratch.no_memory.acc')} | | "
-           f"{_pm(reports, 'ablations_from_scratch.no_memory.train_seconds', 0)} |",
-           f"| RMT trained without thinking (K=0) | | {_pm(reports, 'ablations_from_scratch.no_think.em')} | "
-           f"{_pm(reports, 'ablations_from_scratch.no_think.acc')} | | "
-           f"{_pm(reports, 'ablations_from_scratch.no_think.train_seconds', 0)} |",
-           f"| GPT, chain of thought | {stats(reports, 'cot_baseline.params')[0]:,.0f} | "
+           f"| RMT, recurrence switched off (K=0) | | | {_pm(reports, 'math.acc_recurrence_off')} | | |"]
+    if from_scratch(reports):
+        out += [f"| RMT trained without memory | | {_pm(reports, 'ablations_from_scratch.no_memory.em')} | "
+                f"{_pm(reports, 'ablations_from_scratch.no_memory.acc')} | | "
+                f"{_pm(reports, 'ablations_from_scratch.no_memory.train_seconds', 0)} |",
+                f"| RMT trained without thinking (K=0) | | {_pm(reports, 'ablations_from_scratch.no_think.em')} | "
+                f"{_pm(reports, 'ablations_from_scratch.no_think.acc')} | | "
+                f"{_pm(reports, 'ablations_from_scratch.no_think.train_seconds', 0)} |"]
+    setting = reports[0]["cot_baseline"].get("knowledge_setting")
+    gpt = "GPT, chain of thought" + (f" (knowledge: {setting})" if setting else "")
+    out += [f"| {gpt} | {stats(reports, 'cot_baseline.params')[0]:,.0f} | "
            f"{_pm(reports, 'cot_baseline.knowledge_em')} | {_pm(reports, 'cot_baseline.acc')} | "
            f"{_pm(reports, 'cot_baseline.tokens_per_answer', 1)} | {_pm(reports, 'cot_baseline.train_seconds', 0)} |",
            "", "## Extrapolation: accuracy by problem steps and thinking iterations K", "",
@@ -226,17 +237,18 @@ def plot_all(reports: list[dict], out: Path) -> list[Path]:
     save(fig, "acc_vs_steps")
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    scratch = from_scratch(reports)
     for ax, title, bars in (
         (axes[0], "knowledge EM", [("RMT", "knowledge.em"), ("memory\nswitched off", "knowledge.em_memory_off"),
-                                   ("trained\nwithout memory", "ablations_from_scratch.no_memory.em"),
+                                   *([("trained\nwithout memory", "ablations_from_scratch.no_memory.em")] * scratch),
                                    ("GPT", "cot_baseline.knowledge_em")]),
         (axes[1], "math accuracy", [("RMT", "math.acc"), ("K=0\nswitch", "math.acc_recurrence_off"),
-                                    ("trained\nwithout thinking", "ablations_from_scratch.no_think.acc"),
+                                    *([("trained\nwithout thinking", "ablations_from_scratch.no_think.acc")] * scratch),
                                     ("GPT + CoT", "cot_baseline.acc")]),
     ):
         ms = [stats(reports, p) for _, p in bars]
         ax.bar(range(len(bars)), [m for m, _ in ms], yerr=[s for _, s in ms], capsize=4,
-               color=["C0", "C1", "C2", "C3"])
+               color=[f"C{i}" for i in range(len(bars))])
         ax.set_xticks(range(len(bars)), [b for b, _ in bars], fontsize=8)
         ax.set_title(title)
         ax.set_ylim(0, 1)
