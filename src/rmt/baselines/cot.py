@@ -77,8 +77,9 @@ def train_gpt(model: GPT, tok: Tokenizer, pools: dict[str, list[Example]], stage
                 g["lr"] = lr_at(step, stage)
             x, y, names = mix.batch(stage.batch_size)
             x, y = x.to(device), y.to(device)
-            logits, _ = model(x)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
+            scored = y != -100  # logits only where there are targets, as RMT's trainer does
+            logits, _ = model(x, logits_at=scored)
+            loss = F.cross_entropy(logits.float(), y[scored])
             if not math.isfinite(loss.item()):
                 raise NonFiniteLoss(f"GPT baseline, stage {stage.name!r} step {step}: loss is {loss.item()}")
             opt.zero_grad(set_to_none=True)

@@ -79,8 +79,13 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: Tensor, cache: KVCache | None = None, start: int = 0) -> tuple[Tensor, KVCache]:
-        """idx (B, T) -> logits (B, T, V) and the KV cache (pass it back with start = tokens already read)."""
+    def forward(self, idx: Tensor, cache: KVCache | None = None, start: int = 0,
+                logits_at: Tensor | None = None) -> tuple[Tensor, KVCache]:
+        """idx (B, T) -> logits (B, T, V) and the KV cache (pass it back with start = tokens already read).
+
+        logits_at: (B, T) bool, the positions to predict (training: where there are targets); the logits are
+        then (N, V) for those N positions in row-major order, as `RMT.forward` does: the head over the
+        vocabulary is the costliest layer at this size, and a fact question scores ~1% of its positions."""
         t = idx.shape[1]
         if start + t > self.config.max_len:
             raise ValueError(f"context of {start + t} tokens exceeds GPTConfig.max_len={self.config.max_len}")
@@ -89,6 +94,8 @@ class GPT(nn.Module):
         for i, layer in enumerate(self.layers):
             x, kv = layer(x, None if cache is None else cache[i])
             new_cache.append(kv)
+        if logits_at is not None:
+            x = x[logits_at]
         return self.norm(x) @ self.embed.weight.T, new_cache
 
     @staticmethod

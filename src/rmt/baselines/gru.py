@@ -41,10 +41,14 @@ class GRULM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: Tensor, cache: Tensor | None = None, start: int = 0) -> tuple[Tensor, Tensor]:
+    def forward(self, idx: Tensor, cache: Tensor | None = None, start: int = 0,
+                logits_at: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """idx (B, T) -> logits (B, T, V) and the state (n_layer, B, D) after the last token (pass it back to
-        continue; `start` is accepted for the GPT interface and unused: a GRU needs no positions)."""
+        continue; `start` is accepted for the GPT interface and unused: a GRU needs no positions).
+        logits_at: (B, T) bool, the positions to predict; the logits are then (N, V), as in `GPT.forward`."""
         y, state = self.rnn(self.embed(idx), cache)
+        if logits_at is not None:
+            y = y[logits_at]
         return self.norm(y) @ self.embed.weight.T, state
 
     @torch.no_grad()

@@ -293,6 +293,9 @@ def _run_reproduce(seeds: list[int], out: Path, quick: bool, steps_mult: float, 
     t0 = time.perf_counter()
     atomic_write(out / "plan.json", lambda f: f.write_text(plan_json))
     todo = [(s, v) for s in seeds for v in VARIANTS if not (out / f"seed-{s}" / f"{v}.json").is_file()]
+    # Longest jobs first (the CoT GPT trains ~2x as long as the RMT): the pool takes jobs in order, so the
+    # short ones fill in at the end instead of one long job running alone on the last worker.
+    todo.sort(key=lambda job: job[1] != "cot_baseline")
     bar = tqdm(total=len(seeds) * len(VARIANTS), initial=len(seeds) * len(VARIANTS) - len(todo), desc="reproduce",
                unit="job", disable=not progress)
     if jobs == 1:
