@@ -3,6 +3,12 @@
     rmt demo --seed 0 --out runs/demo-s0
     python benchmarks/demo_peers.py runs/demo-s0      # -> runs/demo-s0/peers.json, peers.md, peers.png,
                                                       #    peer-gpt.safetensors, peer-gru.safetensors
+    python benchmarks/demo_peers.py RUN RUN RUN --summary docs/demo_peers   # several seeds: mean ± std table
+                                                      # (.md) and bar chart (.png); a RUN with peers.json is
+                                                      # not trained again
+
+Train the peers under the conditions the RMT trained in: `rmt reproduce` trains its RMTs two at a time with
+one thread each, so its `seed-N/rmt` runs get peers the same way (`--threads 1`, two runs side by side).
 
 Both peers get what the demo's RMT got: the run's tokenizer (read from its checkpoint), the same task data
 and curriculum (stage mixes, difficulty filters, learning rates, intermediate targets; RMT-only fields such
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -108,20 +115,15 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run", help="an `rmt demo` output folder (report.json, checkpoint/)")
-    p.add_argument("--seconds", type=float, help="training seconds per peer (default: the RMT's)")
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args()
-    run = Path(a.run)
+def peers_for_run(run: Path, seconds: float | None, progress: bool) -> dict:
+    """Train and score both peers beside one demo run -> the result (also run/peers.json, .md, .png)."""
     try:
         report = json.loads((run / "report.json").read_text())
         tok = load_tokenizer(run / "checkpoint")
     except (OSError, ValueError) as e:
         sys.exit(f"demo_peers: {run} is not a finished `rmt demo` folder ({e})")
     seed, plan = report["seed"], demo_plan(report["quick"])
-    seconds = a.seconds or report["train_seconds"]
+    seconds = seconds or report["train_seconds"]
     facts = get_task("facts-bank", seed=seed, **plan.facts)
     arith = get_task("arithmetic", seed=seed, **plan.arithmetic)
     pools = {"facts-bank": facts.in_context("train", facts.split("train"), N_PEOPLE),
@@ -134,7 +136,7 @@ def main() -> None:
              "math": seeded_subset(arith.split("test"), plan.n_math_eval, seed)}
     n = report["params"]
     vocab = dict(vocab_size=tok.vocab_size, pad_id=tok.pad_id)
-    result = {"seed": seed, "seconds": seconds, "n_people_in_context": N_PEOPLE,
+    result = {"seed": seed, "seconds": seconds, "n_people_in_context": N_PEOPLE, "threads": torch.get_num_threads(),
               "rmt": {"params": n, "train_seconds": report["train_seconds"],
                       "steps": sum(s["steps"] for s in report["stages"]),
                       "knowledge_em": report["knowledge"]["em"],
@@ -144,11 +146,83 @@ def main() -> None:
         torch.manual_seed(seed)
         model = (GPT(matching_config(n, max_len=512, **vocab)) if name == "gpt"
                  else GRULM(matching_gru(n, **vocab)))
-        result[name] = run_peer(name, model, tok, pools, plan.stages, seconds, seed, tests, not a.no_progress, run)
+        result[name] = run_peer(name, model, tok, pools, plan.stages, seconds, seed, tests, progress, run)
     (run / "peers.json").write_text(json.dumps(result, indent=2) + "\n")
     (run / "peers.md").write_text(table(result))
     plot(result, run / "peers.png")
-    print(table(result))
+    return result
+
+
+SUMMARY_ROWS = [("knowledge EM, run-time people", "knowledge_em"),
+                ("knowledge EM, training people", "knowledge_em_trained_people"),
+                ("arithmetic accuracy", "math_acc"), ("training seconds", "train_seconds")]
+
+
+def summary_table(results: list[dict]) -> str:
+    """Mean ± std over seeds of each model's headline numbers, and every seed's own value."""
+    seeds = ", ".join(str(r["seed"]) for r in results)
+    lines = [f"| seeds {seeds} | RMT (bank) | GPT (facts in context) | GRU (facts in context) |", "|---" * 4 + "|"]
+    for label, key in SUMMARY_ROWS + [("optimizer steps", "steps")]:
+        cells = []
+        for name in ("rmt", "gpt", "gru"):
+            vals = [float(sum(r[name][key].values()) if isinstance(r[name][key], dict) else r[name][key])
+                    for r in results]
+            fmt = ".0f" if key in ("train_seconds", "steps") else ".3f"
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{statistics.mean(vals):{fmt}} ± {sd:{fmt}} ({' / '.join(f'{v:{fmt}}' for v in vals)})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = ["knowledge\n(run-time people)", "knowledge\n(training people)", "arithmetic"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.26
+    for i, (name, color) in enumerate([("rmt", "tab:blue"), ("gpt", "tab:orange"), ("gru", "tab:green")]):
+        per_key = [[r[name][k] for r in results] for _, k in SUMMARY_ROWS[:3]]
+        means = [statistics.mean(v) for v in per_key]
+        sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_key]
+        bars = ax.bar([x + (i - 1) * width for x in range(3)], means, width, yerr=sds, capsize=3,
+                      label=name.upper(), color=color)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    ax.set_xticks(range(3), labels)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("accuracy (mean ± std over seeds)")
+    seeds = ", ".join(str(r["seed"]) for r in results)
+    ax.set_title(f"peers at equal training time, seeds {seeds}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", help="`rmt demo` output folders (report.json, checkpoint/)")
+    p.add_argument("--seconds", type=float, help="training seconds per peer (default: each run's RMT's)")
+    p.add_argument("--threads", type=int, help="torch threads (default torch's; match how the RMT was trained)")
+    p.add_argument("--summary", help="with several runs: write the mean ± std table to SUMMARY.md and the chart "
+                                     "to SUMMARY.png")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    results = []
+    for run in map(Path, a.runs):
+        done = run / "peers.json"
+        results.append(json.loads(done.read_text()) if done.is_file()
+                       else peers_for_run(run, a.seconds, not a.no_progress))
+        print(f"{run}:\n{table(results[-1])}")
+    if len(results) > 1:
+        text = summary_table(results)
+        print(text)
+        if a.summary:
+            Path(a.summary).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.summary + ".md").write_text(text)
+            summary_plot(results, Path(a.summary + ".png"))
 
 
 if __name__ == "__main__":
