@@ -18,8 +18,10 @@ import torch
 from rmt.harness.demo import demo_plan, run_demo
 
 
-def plan_for(variant: str, hidden: int = 0, cost: float | None = None):
+def plan_for(variant: str, hidden: int = 0, cost: float | None = None, coda: int | None = None):
     plan = demo_plan()
+    if coda is not None:
+        plan.model = plan.model.replace(n_coda=coda)
     if hidden:
         plan.model = plan.model.replace(core={**plan.model.core.__dict__, "hidden": hidden})
     if cost is not None:
@@ -44,10 +46,11 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--hidden", type=int, default=0)
     p.add_argument("--cost", type=float)
+    p.add_argument("--coda", type=int, help="coda layers (the demo has 1)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    r = run_demo(a.seed, a.out, plan=plan_for(a.variant, a.hidden, a.cost), progress=False, overwrite=True)
-    print(json.dumps({"variant": a.variant, "hidden": a.hidden, "cost": a.cost, "seed": a.seed, "wall": r["wall_seconds"], "know": r["knowledge"]["em"],
+    r = run_demo(a.seed, a.out, plan=plan_for(a.variant, a.hidden, a.cost, a.coda), progress=False, overwrite=True)
+    print(json.dumps({"variant": a.variant, "hidden": a.hidden, "cost": a.cost, "coda": a.coda, "seed": a.seed, "wall": r["wall_seconds"], "know": r["knowledge"]["em"],
                       "know_mem_off": r["knowledge"]["em_memory_off"], "math": r["math"]["acc"],
                       "by_steps": r["math"]["acc_by_steps"], "math_k0": r["math"]["acc_recurrence_off"],
                       "think_math": r["math"]["think_iters_per_token"],
