@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmt.model.memory import ExplicitMemoryRead
-from rmt.model.vision import PatchEncoder
+from rmt.tasks.image_encoder import PatchEncoder, PatchEncoderConfig
 from rmt.tasks import get_task
 from rmt.tasks.sort_of_clevr import ANSWERS, COLORS, QUESTIONS
 
@@ -59,7 +59,7 @@ test_images = torch.from_numpy(task.images("test"))
 class Hop(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.enc = PatchEncoder(D, 75, channels=32, stem="conv", conv_layers=3, recon=args.recon > 0)
+        self.enc = PatchEncoder(D, PatchEncoderConfig(image_size=75, channels=32, stem="conv", conv_layers=3, recon=args.recon))
         self.colour = nn.Embedding(len(COLORS), D)
         self.kind = nn.Embedding(len(QUESTIONS), D)
         self.read1 = ExplicitMemoryRead(D, D, heads=args.heads, read="softmax", sink=True)

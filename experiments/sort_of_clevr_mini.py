@@ -9,7 +9,7 @@ import torch, random, sys, os, time
 import torch.nn.functional as F
 import math
 from rmt.model.memory import SoftmaxMemoryBank
-from rmt.model.vision import PatchEncoder
+from rmt.tasks.image_encoder import PatchEncoder, PatchEncoderConfig
 from rmt.model.memory import ExplicitMemoryRead
 from rmt.tasks import get_task
 from rmt.tasks.sort_of_clevr import COLORS, QUESTIONS, ANSWERS
@@ -33,7 +33,7 @@ stem, LR, HEADS, STEPS, B, QS = E("STEM", "conv"), E("LR", 1e-3), E("HEADS", 4),
 t = get_task('sort-of-clevr', seed=0)
 ex = [e for e in t.split("train") if QS == "all" or (QS == "nonrel" and e.meta["type"] == "non_relational") or e.meta["question"] == QS]
 im = torch.from_numpy(t.images('train'))
-enc = PatchEncoder(64, 75, E("P", 15), E("CH", 32), stem, E("NL", 4))
+enc = PatchEncoder(64, PatchEncoderConfig(image_size=75, patch=E("P", 15), channels=E("CH", 32), stem=stem, conv_layers=E("NL", 4)))
 KEYNOPOS = E("KEYNOPOS", 0)
 INK, NOMLP, COORD = E("INK", 0), E("NOMLP", 0), E("COORD", 0)
 if COORD:

@@ -2,14 +2,14 @@
 # cell's share of the object's pixels; ORACLE=max: all on the cell with most of it)? STEM, NL, CH, LR, STEPS, B by env.
 import torch, random, os, time, numpy as np
 import torch.nn.functional as F
-from rmt.model.vision import PatchEncoder
+from rmt.tasks.image_encoder import PatchEncoder, PatchEncoderConfig
 from rmt.tasks import get_task
 torch.manual_seed(0); torch.set_num_threads(1)
 E = lambda k, d: type(d)(os.environ.get(k, d))
 STEM, NL, CH, LR, STEPS, B = E("STEM", "conv"), E("NL", 3), E("CH", 32), E("LR", 1e-3), E("STEPS", 1500), E("B", 64)
 t = get_task('sort-of-clevr', seed=0)
 sc = t.scenes["train"]; im = torch.from_numpy(sc.images); objs = sc.objects
-enc = PatchEncoder(64, 75, 15, CH, STEM, NL)
+enc = PatchEncoder(64, PatchEncoderConfig(image_size=75, patch=15, channels=CH, stem=STEM, conv_layers=NL))
 G = enc.grid; cell = 75 / G
 def weights(img, col):
     x, y, s = (int(v) for v in objs[img, col])

@@ -46,7 +46,7 @@ def test_old_checkpoint_loads_with_identical_logits(name):
     expected = load_file(str(FIXTURES / name / "expected.safetensors"))
     idx = expected["idx"]
     with torch.no_grad():
-        bank = model.image_bank(expected["images"])[0] if name == "visual" else None
+        bank = ImageBank(expected["images"]).build(model)[0] if name == "visual" else None
         close(model(idx, explicit_bank=bank).logits, expected["logits"])
         close(model(idx, memory=False).logits, expected["logits_no_memory"])
         close(model(idx, think_iters=0, explicit_bank=bank).logits, expected["logits_k0"])
@@ -58,7 +58,9 @@ def test_flat_config_migrates_to_the_sections():
     cfg = RMTConfig.from_dict(flat)
     assert (cfg.product_keys.n_keys, cfg.bank.read, cfg.bank.sink) == (flat["mem_n_keys"], "softmax", True)
     assert (cfg.reader.query_ema, cfg.reader.query_state, cfg.reader.core_reads) == (16, False, True)
-    assert (cfg.vision.enabled, cfg.vision.stem, cfg.core.iters) == (True, "conv", flat["think_iters"])
+    assert cfg.encoders == {"image": {"type": "image-patches", "image_size": 20, "patch": 5, "channels": 8,
+                                      "stem": "conv", "conv_layers": 2, "recon": 1.0}}
+    assert cfg.core.iters == flat["think_iters"]
     assert RMTConfig.from_dict(cfg.to_dict()) == cfg  # and the nested form round-trips
 
 

@@ -13,8 +13,8 @@ from rmt.cli import main
 from rmt.model import RMT, ConfigError, RMTConfig, loss_fn
 from rmt.model.memory import SoftmaxMemoryBank
 from rmt.tasks import get_task
-from rmt.tasks.sort_of_clevr import (ANSWERS, COLORS, QUESTIONS, RGB, ImageBank, SortOfClevrConfig, answer, generate,
-                                     stamps)
+from rmt.tasks.image_encoder import ImageBank, PatchEncoder
+from rmt.tasks.sort_of_clevr import ANSWERS, COLORS, QUESTIONS, RGB, SortOfClevrConfig, answer, generate, stamps
 from tests.oracles import softmax_attention_reference
 
 SMALL = dict(n_train=300, n_validation=20, n_test=20, cache=False)
@@ -187,11 +187,14 @@ def test_linear_read_with_several_heads_is_refused():
 # ------------------------------------------------------------------------------------------------ model
 VISION = dict(d_model=32, n_prelude=1, n_coda=1, ssm={"head_dim": 16, "chunk": 16}, product_keys={"enabled": False},
               bank={"read": "softmax", "heads": 2, "d_key": 16}, reader={"core_reads": True},
-              vision={"enabled": True, "channels": 8}, core={"iters": 2})
+              encoders={"image": {"type": "image-patches", "channels": 8}}, core={"iters": 2})
 
 
-def vision_config(**changes) -> RMTConfig:
-    """VISION with some sections changed (partial dicts are merged into the section)."""
+def vision_config(vision: dict | None = None, **changes) -> RMTConfig:
+    """VISION with some sections changed (partial dicts are merged into the section); `vision`: settings of
+    the image encoder, merged into encoders.image."""
+    if vision is not None:
+        changes["encoders"] = {"image": vision}
     return RMTConfig.from_dict(VISION).replace(**changes)
 
 
@@ -201,9 +204,33 @@ def test_vision_config_round_trips_and_defaults_stay_off(tmp_path):
     cfg.to_json(tmp_path / "c.json")
     assert RMTConfig.from_json(tmp_path / "c.json") == cfg
     default = RMTConfig()
-    assert not default.vision.enabled and not default.reader.core_reads and default.bank.read == "linear"
-    with pytest.raises(ConfigError, match=r"model\.vision\.patch"):
+    assert default.encoders == {} and not default.reader.core_reads and default.bank.read == "linear"
+    assert len(RMT(default).encoders) == 0
+    with pytest.raises(ConfigError, match=r"model\.encoders\.image\.patch"):
         vision_config(vision={"patch": 4})
+
+
+def test_the_image_encoder_is_the_task_s_not_an_option_of_the_core():
+    """The model config names the encoder by type; its code and settings live in rmt.tasks.image_encoder. An
+    old config's [vision] section migrates to it, and a bad encoder table names the field."""
+    model = RMT(vision_config())
+    assert isinstance(model.encoders["image"], PatchEncoder) and model.encoders["image"].config.channels == 8
+    old = {k: v for k, v in VISION.items() if k != "encoders"} | {"vision": {"enabled": True, "channels": 8}}
+    assert RMTConfig.from_dict(old) == vision_config()
+    assert RMTConfig.from_dict(old | {"vision": {"enabled": False, "channels": 8}}).encoders == {}
+    text_only = {k: v for k, v in VISION.items() if k != "encoders"}
+    custom = text_only | {"encoders": {"image": {"type": "rmt.tasks.image_encoder:PatchEncoder", "channels": 8}}}
+    assert isinstance(RMT(RMTConfig.from_dict(custom)).encoders["image"], PatchEncoder)
+    for encoders, match in [({"image": {"channels": 8}}, r"model\.encoders\.image: expected a table with a string 'type'"),
+                            ({"image": {"type": "vit"}}, r"model\.encoders\.image\.type: expected one of \['image-patches'\]"),
+                            ({"image": {"type": "rmt.nowhere:Encoder"}}, r"model\.encoders\.image\.type: cannot import"),
+                            ({"image": {"type": "rmt.model.config:RMTConfig"}}, "is not an encoder"),
+                            ({"image": {"type": "image-patches", "size": 75}}, r"unknown model\.encoders\.image key"),
+                            ({"pic": {"type": "image-patches", "stem": "vit"}}, r"model\.encoders\.pic\.stem")]:
+        with pytest.raises(ConfigError, match=match):
+            RMTConfig.from_dict(text_only | {"encoders": encoders})
+    with pytest.raises(ConfigError, match=r"model\.encoders\.image: an encoder writes into the explicit bank"):
+        vision_config(bank={"enabled": False}, reader={"core_reads": False})
 
 
 @pytest.mark.parametrize("options", [{}, {"vision": {"stem": "conv", "conv_layers": 3}, "reader": {"query_conv": 6},
@@ -215,7 +242,7 @@ def test_image_model_decodes_token_by_token_like_the_full_forward(options):
     model = RMT(vision_config(**options)).eval()
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
     idx = torch.randint(0, 256, (2, 12))
-    bank, _ = model.image_bank(images)
+    bank, _ = ImageBank(images).build(model)
     with torch.no_grad():
         full = model(idx, explicit_bank=bank).logits
         assert torch.allclose(model(idx, explicit_bank=ImageBank(images)).logits, full)
@@ -268,7 +295,7 @@ def test_query_without_the_state_reads_with_the_token_terms_only():
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
     idx = torch.randint(0, 256, (2, 9))
     h = torch.randn(2, 9, model.config.d_model)
-    bank, _ = model.image_bank(images)
+    bank, _ = ImageBank(images).build(model)
     terms, _ = model.reader.token_terms(idx, model.embed(idx))
     with torch.no_grad():
         assert torch.allclose(model.reader.read(h, terms, bank), model.reader.read(h * 3 + 1, terms, bank))
@@ -299,8 +326,8 @@ def test_image_stems_and_their_grids(stem, layers, grid):
     cfg = vision_config(vision={"patch": 15, "stem": stem, "conv_layers": max(layers, 1)})
     model = RMT(cfg)
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
-    assert model.vision.grid == grid and model.vision(images).shape == (2, grid * grid, cfg.d_model)
-    with pytest.raises(ConfigError, match=r"model\.vision\.stem"):
+    assert model.encoders["image"].grid == grid and model.encoders["image"](images).shape == (2, grid * grid, cfg.d_model)
+    with pytest.raises(ConfigError, match=r"model\.encoders\.image\.stem"):
         vision_config(vision={"stem": "vit"})
 
 
@@ -308,15 +335,15 @@ def test_image_keys_start_from_what_a_patch_shows_not_where_it_is():
     torch.manual_seed(0)
     model = RMT(vision_config())
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
-    key_inputs, entries = model.vision.encode(images)
-    assert torch.equal(entries, model.vision(images))
-    bank, _ = model.image_bank(images)
+    key_inputs, entries = model.encoders["image"].encode(images)
+    assert torch.equal(entries, model.encoders["image"](images))
+    bank, _ = ImageBank(images).build(model)
     assert torch.allclose(bank.keys, model.reader.bank.key_proj(key_inputs))
     # at initialisation the position reaches the values but not the keys (key_position starts at zero)
-    assert model.vision.key_position.weight.abs().max() == 0
+    assert model.encoders["image"].key_position.weight.abs().max() == 0
     with torch.no_grad():
-        model.vision.row.add_(1.0)
-        k2, e2 = model.vision.encode(images)
+        model.encoders["image"].row.add_(1.0)
+        k2, e2 = model.encoders["image"].encode(images)
     assert torch.equal(k2, key_inputs) and not torch.allclose(e2, entries)
 
 
@@ -326,8 +353,8 @@ def test_gradients_reach_the_image_encoder_and_the_core_query():
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
     out = model(torch.randint(0, 256, (2, 10)), explicit_bank=ImageBank(images))
     out.logits.sum().backward()
-    assert model.vision.patchify.weight.grad.abs().sum() > 0
-    assert model.vision.key_position.weight.grad.abs().sum() > 0  # zero at the start, but it learns
+    assert model.encoders["image"].patchify.weight.grad.abs().sum() > 0
+    assert model.encoders["image"].key_position.weight.grad.abs().sum() > 0  # zero at the start, but it learns
     assert model.reader.core_query.weight.grad.abs().sum() > 0
 
 
@@ -335,7 +362,7 @@ def test_gradients_reach_the_image_encoder_and_the_core_query():
 def test_reconstruction_loss_is_the_per_pixel_error_of_each_cell(stem, layers):
     torch.manual_seed(0)
     cfg = vision_config(vision={"patch": 15, "stem": stem, "conv_layers": layers, "recon": 0.5})
-    enc = RMT(cfg).vision
+    enc = RMT(cfg).encoders["image"]
     images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
     entries = torch.randn(2, enc.num_patches, cfg.d_model)
     decoded = enc.recon(entries).detach().view(2, enc.grid, enc.grid, 3, enc.cell, enc.cell)
@@ -358,23 +385,21 @@ def test_reconstruction_loss_enters_training_only():
     idx = torch.randint(0, 256, (2, 10))
     targets = torch.randint(0, 256, (2, 10))
     out = model(idx, explicit_bank=ImageBank(images))
-    _, entries = model.vision.encode(images)
+    _, entries = model.encoders["image"].encode(images)
     recon = out.aux_losses["vision_recon"]
-    assert torch.allclose(recon, 2.0 * model.vision.reconstruction_loss(images, entries))
+    assert torch.allclose(recon, 2.0 * model.encoders["image"].reconstruction_loss(images, entries))
     total, lm = loss_fn(out, targets)
     assert torch.allclose(total - lm, recon)
     total.backward()
-    assert model.vision.recon.weight.grad.abs().sum() > 0 and model.vision.patchify.weight.grad.abs().sum() > 0
+    assert model.encoders["image"].recon.weight.grad.abs().sum() > 0 and model.encoders["image"].patchify.weight.grad.abs().sum() > 0
     assert model(idx, explicit_bank=ImageBank(images), memory=False).aux_losses is None  # not even encoded
     assert model.eval()(idx, explicit_bank=ImageBank(images)).aux_losses is None
-    assert RMT(vision_config()).vision.recon is None  # off by default: no decoder, no checkpoint entry
+    assert RMT(vision_config()).encoders["image"].recon is None  # off by default: no decoder, no checkpoint entry
     with pytest.raises(ValueError, match="reconstruction head"):
-        RMT(vision_config()).vision.reconstruction_loss(images, entries)
-    for bad, match in [(vision_config().to_dict() | {"vision": {"enabled": True, "recon": -1.0}}, "vision.recon"),
-                       (vision_config().to_dict() | {"vision": {"enabled": True, "recon": float("nan")}}, "vision.recon"),
-                       ({"vision": {"recon": 1.0}}, "needs vision.enabled")]:
-        with pytest.raises(ConfigError, match=match):
-            RMTConfig.from_dict(bad)
+        RMT(vision_config()).encoders["image"].reconstruction_loss(images, entries)
+    for recon in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match=r"model\.encoders\.image\.recon: expected a weight >= 0"):
+            vision_config(vision={"recon": recon})
 
 
 # ------------------------------------------------------------------------------------------------ training

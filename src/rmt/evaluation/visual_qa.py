@@ -22,6 +22,7 @@ import torch
 from rmt.model.memory import SoftmaxMemoryBank
 from rmt.model import RMT
 from rmt.tasks import Example
+from rmt.tasks.image_encoder import ImageBank
 from rmt.tasks.scoring import exact_match
 from rmt.tokenizer import Tokenizer
 
@@ -49,7 +50,7 @@ def answer_visual(model: RMT, examples: list[Example], images: np.ndarray, tok: 
             bank = None
             if memory:
                 imgs = torch.from_numpy(images[[examples[i].meta["image"] for i in rows]]).to(device)
-                bank, _ = model.image_bank(imgs)
+                bank, _ = ImageBank(imgs).build(model)
             res = model.generate(idx, max_new_tokens, eos_id=tok.eos_id, memory=memory, explicit_bank=bank,
                                  **generate_kwargs)
             for r, i in enumerate(rows):
@@ -95,11 +96,11 @@ def read_attention(model: RMT, examples: list[Example], images: np.ndarray, tok:
     per-entry weights to show)."""
     model.eval()
     device = next(model.parameters()).device
-    grid = model.vision.grid
+    grid = model.encoders["image"].grid
     out = []
     for ex in examples:
         idx = torch.tensor([tok.encode(ex.prompt)], dtype=torch.long, device=device)
-        bank, _ = model.image_bank(torch.from_numpy(images[[ex.meta["image"]]]).to(device))
+        bank, _ = ImageBank(torch.from_numpy(images[[ex.meta["image"]]]).to(device)).build(model)
         if not isinstance(bank, SoftmaxMemoryBank):
             raise ValueError("read_attention needs bank.read = 'softmax'")
         bank.record = True

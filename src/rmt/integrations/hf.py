@@ -114,7 +114,8 @@ class RMTHFConfig(PretrainedConfig):
         legacy = {k: kwargs.pop(k) for k in list(kwargs) if is_flat({k: kwargs[k]})}
         for section, values in migrate_flat(legacy).items():
             kwargs[section] = {**kwargs.get(section, {}), **values} if isinstance(values, dict) else values
-        given = {name: kwargs.pop(name) for name in _RMT_FIELDS if name in kwargs}
+        # ("vision": the image encoder's section before it became encoders.image; from_dict migrates it)
+        given = {name: kwargs.pop(name) for name in (*_RMT_FIELDS, "vision") if name in kwargs}
         rmt_fields = RMTConfig.from_dict(given).to_dict()  # validates: raises ConfigError naming the field
         for name, value in rmt_fields.items():
             setattr(self, name, value)

@@ -8,7 +8,7 @@
     memory/        product-key memory, the explicit bank, the reader that builds queries and reads
     thinking.py    the thinking core (the state update) and its exit rules
     router.py      the router over {memory, think, both}
-    vision.py      the image encoder whose patches a visual task writes into the bank
+    encoders.py    the interface of the encoders a modality brings (a visual task's image encoder)
     presets.py     model sizes from tiny to 70B
 """
 

@@ -7,7 +7,7 @@
     [model.reader]          how memory queries are built; whether the core re-reads (memory/reader.py)
     [model.core]            the thinking core: layers, iterations K, initial state  (thinking.py)
     [model.router]          the router over {memory, think, both}                   (router.py)
-    [model.vision]          the image encoder that writes patches into the bank     (vision.py)
+    [model.encoders.NAME]   an encoder a modality brings (images -> bank entries)   (encoders.py)
 
 Every section is a small dataclass that checks its own fields; the whole config round-trips through plain
 dicts, JSON and TOML, so a checkpoint's `config.json` and a training config's `[model]` table describe the same
@@ -17,6 +17,8 @@ thing. An unknown key, a wrong type or an out-of-range value raises a `ConfigErr
 Checkpoints written before the config was nested have one flat table (``d_model``, ``mem_n_keys``,
 ``think_iters``, ...). `RMTConfig.from_dict` recognises that form and migrates it (`migrate_flat`); the one
 option that no longer exists (``core_read_distance``, measured as giving nothing) is refused when it was on.
+Configs from before the image encoder moved to the visual task have a ``[vision]`` section; it becomes
+``[encoders.image]`` with ``type = "image-patches"`` (`migrate_vision`).
 """
 
 from __future__ import annotations
@@ -229,32 +231,6 @@ class RouterConfig(Section):
 
 
 @dataclass
-class VisionConfig(Section):
-    """The image encoder (R8): a conv encoder whose patch embeddings are written into the explicit bank."""
-
-    path: ClassVar[str] = "model.vision"
-    enabled: bool = False
-    image_size: int = 75
-    patch: int = 5  # "patch" stem: pixels per patch side, (image_size / patch) ** 2 entries per image
-    channels: int = 32
-    # "patch": one k=p, stride-p conv; "conv": conv_layers 3x3 stride-2 convs (the Relation Network's CNN),
-    # grid = image_size halved that many times, rounded up; "pool": conv_layers [3x3 conv, 2x2 max-pool] blocks.
-    stem: str = "patch"
-    conv_layers: int = 4
-    recon: float = 0.0  # weight of the pixel-reconstruction loss of the entries (training); 0 = no decoder
-
-    def validate(self) -> None:
-        super().validate()
-        self._positive("image_size", "patch", "channels", "conv_layers")
-        if self.stem not in ("patch", "conv", "pool"):
-            raise ConfigError(f"{self.path}.stem: expected 'patch', 'conv' or 'pool', got {self.stem!r}")
-        if self.stem == "patch" and self.image_size % self.patch:
-            raise ConfigError(f"{self.path}.patch: must divide image_size={self.image_size}, got {self.patch}")
-        if not self.recon >= 0.0:
-            raise ConfigError(f"{self.path}.recon: expected a weight >= 0, got {self.recon}")
-
-
-@dataclass
 class RMTConfig(Section):
     """The whole architecture. Top level: vocabulary and layer counts; everything else in its section."""
 
@@ -274,7 +250,9 @@ class RMTConfig(Section):
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     core: CoreConfig = field(default_factory=CoreConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
-    vision: VisionConfig = field(default_factory=VisionConfig)
+    # name -> {"type": ..., the encoder's own settings}: the encoders a modality brings (encoders.py); none
+    # for a text model
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
         super().validate()
@@ -298,8 +276,14 @@ class RMTConfig(Section):
         if self.reader.query_ema and self.d_model % ReaderConfig.EMA_GROUPS:
             raise ConfigError(f"model.reader.query_ema: its {ReaderConfig.EMA_GROUPS} channel groups must divide "
                               f"d_model, got {self.d_model}")
-        if self.vision.enabled and not self.bank.enabled:
-            raise ConfigError("model.vision.enabled: images are written into the explicit bank; needs bank.enabled = true")
+        if not isinstance(self.encoders, dict):
+            raise ConfigError(f"model.encoders: expected a table of encoders by name, got {self.encoders!r}")
+        from .encoders import encoder_settings  # imports the encoders' modules only when a config names one
+        for name, spec in self.encoders.items():
+            encoder_settings(name, spec)
+            if not self.bank.enabled:
+                raise ConfigError(f"model.encoders.{name}: an encoder writes into the explicit bank; "
+                                  "needs bank.enabled = true")
         if self.embed_init < 0:
             raise ConfigError(f"model.embed_init: expected >= 0 (0 = d_model ** -0.5), got {self.embed_init}")
         if self.router.context and not self.reader.query_ema:
@@ -308,8 +292,6 @@ class RMTConfig(Section):
             raise ConfigError("model.reader.core_reads: the core's re-reads are for the ssm core (core.mixer = 'ssm')")
         if self.reader.core_reads and not self.bank.enabled:
             raise ConfigError("model.reader.core_reads: needs bank.enabled = true")
-        if self.vision.recon and not self.vision.enabled:
-            raise ConfigError("model.vision.recon: reconstructs images; needs vision.enabled = true")
 
     # ----------------------------------------------------------------------------------------- I/O
     def replace(self, **changes: Any) -> "RMTConfig":
@@ -317,6 +299,9 @@ class RMTConfig(Section):
         data = self.to_dict()
         for k, v in changes.items():
             data[k] = {**data[k], **v} if (k in _SECTIONS and isinstance(v, dict)) else v
+            if k == "encoders" and isinstance(v, dict):  # per encoder, a partial table merges into the current
+                data[k] = {**self.encoders, **{n: {**self.encoders.get(n, {}), **e} if isinstance(e, dict) else e
+                                               for n, e in v.items()}}
         return RMTConfig.from_dict(data)
 
     @classmethod
@@ -324,6 +309,8 @@ class RMTConfig(Section):
         """A nested dict (this config's `to_dict`) or the flat form of older checkpoints (migrated)."""
         if isinstance(data, dict) and is_flat(data):
             data = migrate_flat(data, source)
+        if isinstance(data, dict) and "vision" in data:
+            data = migrate_vision(data, source)
         return super().from_dict(data, source)
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -344,9 +331,10 @@ class RMTConfig(Section):
         """The config as TOML: the global fields, then one ``[section]`` table each (relative to ``[model]``
         when pasted under it: write ``[model.core]`` there)."""
         d = self.to_dict()
-        top = "".join(f"{k} = {_toml_value(v)}\n" for k, v in d.items() if k not in _SECTIONS)
-        sections = "".join(f"\n[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in d[name].items())
-                           for name in _SECTIONS)
+        tables = {**{name: d[name] for name in _SECTIONS}, **{f"encoders.{n}": e for n, e in d["encoders"].items()}}
+        top = "".join(f"{k} = {_toml_value(v)}\n" for k, v in d.items() if k not in _SECTIONS and k != "encoders")
+        sections = "".join(f"\n[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in table.items())
+                           for name, table in tables.items())
         return top + sections
 
     @classmethod
@@ -359,8 +347,7 @@ class RMTConfig(Section):
 
 
 _SECTIONS: dict[str, type[Section]] = {"ssm": SSMConfig, "product_keys": ProductKeyConfig, "bank": BankConfig,
-                                       "reader": ReaderConfig, "core": CoreConfig, "router": RouterConfig,
-                                       "vision": VisionConfig}
+                                       "reader": ReaderConfig, "core": CoreConfig, "router": RouterConfig}
 
 # ------------------------------------------------------------------------------------------- the flat form
 # Old flat key -> (section or None for the top level, new key).
@@ -383,7 +370,8 @@ FLAT_KEYS: dict[str, tuple[str | None, str]] = {
 }
 _REMOVED = {"core_read_distance": "it was measured as giving nothing and removed (experiments/README.md, "
                                   "Sort-of-CLEVR); delete the key, or use the code of commit 6491e24, which had it"}
-FLAT_ONLY_KEYS = (set(FLAT_KEYS) | set(_REMOVED)) - {name for sec, name in FLAT_KEYS.values() if sec is None} - set(_SECTIONS)
+FLAT_ONLY_KEYS = ((set(FLAT_KEYS) | set(_REMOVED)) - {name for sec, name in FLAT_KEYS.values() if sec is None}
+                  - set(_SECTIONS) - {"vision"})
 
 
 def is_flat(data: dict[str, Any]) -> bool:
@@ -403,7 +391,7 @@ def migrate_flat(data: dict[str, Any], source: str | None = None) -> dict[str, A
                 at = f"{source}: " if source else ""
                 raise ConfigError(f"{at}{key} = {value!r} is no longer supported: {_REMOVED[key]}")
             continue
-        if key in _SECTIONS and isinstance(value, dict):  # a section already nested: merge with migrated keys
+        if key in (*_SECTIONS, "vision") and isinstance(value, dict):  # a section already nested: merge with migrated keys
             out[key] = {**out.get(key, {}), **value}
             continue
         if key not in FLAT_KEYS:  # left for from_dict to accept or report
@@ -415,6 +403,20 @@ def migrate_flat(data: dict[str, Any], source: str | None = None) -> dict[str, A
         else:
             out.setdefault(section, {})[name] = value
     return out
+
+
+def migrate_vision(data: dict[str, Any], source: str | None = None) -> dict[str, Any]:
+    """A config with the old ``vision`` section (the model's own image encoder) -> the same encoder as
+    ``encoders.image`` of type "image-patches"; ``enabled = false`` (the default) means no encoder."""
+    data = dict(data)
+    vision = data.pop("vision")
+    if not isinstance(vision, dict):
+        at = f"{source}: " if source else ""
+        raise ConfigError(f"{at}model.vision: expected a table, got {vision!r}")
+    vision = dict(vision)
+    if vision.pop("enabled", False):
+        data["encoders"] = {**data.get("encoders", {}), "image": {"type": "image-patches", **vision}}
+    return data
 
 
 def _toml_value(v: Any) -> str:

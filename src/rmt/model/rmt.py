@@ -27,7 +27,7 @@ from .memory import Bank, MemoryReader, ReaderState, WritableBank
 from .router import Router, Routing
 from .ssm import Block, MixerState, RMSNorm
 from .thinking import ExitRule, RecurrentCore, ThinkingCore
-from .vision import PatchEncoder
+from .encoders import build_encoders
 
 
 PREFILL_CHUNK = 4096  # prompt tokens `generate` reads per parallel pass (a multiple of every ssm.chunk in use)
@@ -83,7 +83,7 @@ def _stack(layers: nn.ModuleList, x: Tensor, states: list[MixerState] | None, ke
 
 class BankSource:
     """Inputs that become a bank inside `RMT.forward`, with the model's own encoders: subclass and implement
-    `build`. A task's batch builder makes them (e.g. `rmt.tasks.sort_of_clevr.ImageBank`); `select` and `to`
+    `build`. A task's batch builder makes them (e.g. `rmt.tasks.image_encoder.ImageBank`); `select` and `to`
     let the trainer split a batch over processes and move it to a device."""
 
     def build(self, model: "RMT") -> tuple[Bank, dict[str, Tensor] | None]:
@@ -116,11 +116,9 @@ class RMT(nn.Module):
                                       for _ in range(c.n_prelude)])
         self.router = Router(c.d_model, c.router.threshold, c.router.init_think)
         self.reader = MemoryReader(c)
-        # The image encoder of a visual task (R8): it writes patches into a bank (`image_bank`); the spine
-        # never sees an image.
-        self.vision = (PatchEncoder(c.d_model, c.vision.image_size, c.vision.patch, c.vision.channels,
-                                    c.vision.stem, c.vision.conv_layers, recon=c.vision.recon > 0)
-                       if c.vision.enabled else None)
+        # The encoders a modality brings (R8; `encoders.py`), e.g. a visual task's image encoder: a task's
+        # `BankSource` runs them to write a bank inside forward; the spine never sees an image.
+        self.encoders = build_encoders(c.encoders, c.d_model)
         self.core = (RecurrentCore(c.d_model, c.core.n_layers, c.core.hidden or hidden, c.router.threshold) if c.core.mixer == "gru"
                      else ThinkingCore(c.d_model, c.core.n_layers, hidden, **ssm))
         self.coda = nn.ModuleList([Block(c.d_model, hidden, conv_width=c.ssm.conv, **ssm) for _ in range(c.n_coda)])
@@ -328,26 +326,15 @@ class RMT(nn.Module):
         bank.write(k.unsqueeze(0).expand(batch, -1, -1), v.unsqueeze(0).expand(batch, -1, -1))
         return bank
 
-    def image_bank(self, images: Tensor) -> tuple[Bank, Tensor | None]:
-        """Images (B, S, S, 3) uint8 -> (a fresh bank holding each row's patches, the encoder's weighted
-        reconstruction loss when training with `vision.recon` > 0, else None)."""
-        if self.vision is None:
-            raise ValueError("this model was built with vision.enabled = false (no image encoder)")
-        bank = self.new_memory_bank()
-        key_inputs, entries = self.vision.encode(images)
-        self.write_memory(bank, entries, key_entries=key_inputs)
-        recon = None
-        if self.training and self.config.vision.recon > 0:
-            recon = self.config.vision.recon * self.vision.reconstruction_loss(images, entries)
-        return bank, recon
-
 
 # Checkpoints written before the memory reader owned the memories name their weights by the old attributes.
 LEGACY_PREFIXES = {"memory_norm.": "reader.norm.", "query_tokens_norm.": "reader.tokens_norm.",
                    "query_conv.": "reader.tokens_conv.", "query_ema_logit": "reader.ema_logit",
                    "query_embed.": "reader.ema_embed.", "memory.": "reader.product_keys.",
                    "explicit.": "reader.bank.", "core_query_norm.": "reader.core_norm.",
-                   "core_query.": "reader.core_query."}
+                   "core_query.": "reader.core_query.",
+                   # the image encoder was the model's own `vision` before it moved to the visual task
+                   "vision.": "encoders.image."}
 
 
 def migrate_state_dict(tensors: dict[str, Tensor]) -> dict[str, Tensor]:

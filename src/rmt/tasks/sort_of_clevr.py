@@ -16,6 +16,9 @@ The images are uint8 arrays (N, 75, 75, 3). An example's ``meta["image"]`` is th
 `SortOfClevr.images(split)`. Generation is deterministic from the seed and takes a few seconds; the result is
 written once to a cache file (``$RMT_CACHE_DIR`` or ``~/.cache/rmt``, keyed by every setting that changes it) and
 read back on later runs. Nothing is written into the repository.
+
+The task brings its own image encoder (`rmt.tasks.image_encoder`): a model for it carries
+``[model.encoders.image] type = "image-patches"``, and each batch's images come as an `ImageBank`.
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from rmt.model import BankSource, ConfigError, RMTConfig
-from rmt.model.memory import Bank
+from rmt.model import ConfigError, RMTConfig
+from rmt.model.encoders import encoder_settings
 from rmt.tasks.base import Example, Task, histogram
+from rmt.tasks.image_encoder import ImageBank, PatchEncoder
 
 COLORS: tuple[str, ...] = ("red", "green", "blue", "orange", "gray", "yellow")
 RGB: tuple[tuple[int, int, int], ...] = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 156, 0), (128, 128, 128),
@@ -200,24 +203,6 @@ def question_example(scenes: Scenes, row: int) -> Example:
                                     "steps": 1 if kind == "non_relational" else 2})
 
 
-class ImageBank(BankSource):
-    """A batch's images, one per row, which the model's image encoder writes into a fresh bank inside forward
-    (`RMT.image_bank`); the encoder's weighted reconstruction loss comes back as the aux loss "vision_recon"."""
-
-    def __init__(self, images: Tensor):
-        self.images = images  # (B, S, S, 3) uint8
-
-    def build(self, model) -> tuple[Bank, dict[str, Tensor] | None]:
-        bank, recon = model.image_bank(self.images)
-        return bank, ({"vision_recon": recon} if recon is not None else None)
-
-    def select(self, rows: slice) -> "ImageBank":
-        return ImageBank(self.images[rows])
-
-    def to(self, device) -> "ImageBank":
-        return ImageBank(self.images.to(device))
-
-
 class SortOfClevr(Task):
     name = "sort-of-clevr"
     Config = SortOfClevrConfig
@@ -260,12 +245,17 @@ class SortOfClevr(Task):
         return lambda examples: ImageBank(torch.from_numpy(images[[ex.meta["image"] for ex in examples]]))
 
     def check_model(self, config: RMTConfig) -> None:
-        if not config.vision.enabled:
-            raise ConfigError(f"tasks.{self.name}: its examples come with images; the model needs "
-                              "[model.vision] enabled = true")
-        if config.vision.image_size != self.config.image_size:
-            raise ConfigError(f"tasks.{self.name}: images are {self.config.image_size} pixels wide but the model's "
-                              f"vision.image_size is {config.vision.image_size}")
+        spec = config.encoders.get("image")
+        if spec is None:
+            raise ConfigError(f"tasks.{self.name}: its examples come with images; the model needs an image "
+                              '[model.encoders.image] with type = "image-patches"')
+        cls, settings = encoder_settings("image", spec)
+        if not issubclass(cls, PatchEncoder):
+            raise ConfigError(f"tasks.{self.name}: model.encoders.image.type: expected an image encoder "
+                              f'("image-patches"), got {spec["type"]!r}')
+        if settings.image_size != self.config.image_size:
+            raise ConfigError(f"tasks.{self.name}: images are {self.config.image_size} pixels wide but "
+                              f"model.encoders.image.image_size is {settings.image_size}")
 
     def _build_splits(self) -> dict[str, list[Example]]:
         return {split: [question_example(s, row) for row in range(len(s.questions))]

@@ -5,7 +5,7 @@
     [model]
     preset = "tiny"                 # the model's own keys may follow and override the preset
     [model.core]                    # ... section by section (RMTConfig: ssm, product_keys, bank, reader, core,
-    iters = 4                       #     router, vision)
+    iters = 4                       #     router; [model.encoders.NAME] for a modality's encoder)
     [tasks.arithmetic]              # task config overrides (the run's seed is the default seed)
     n_train = 100000
     [[stages]]

@@ -1,4 +1,7 @@
-"""The image encoder: a small convolutional patch encoder whose patch embeddings become memory-bank entries (R8).
+"""The image encoder a visual task brings: a small convolutional patch encoder whose patch embeddings become
+memory-bank entries (R8). The core model does not know it: a config carries it as an encoder
+(``[model.encoders.image] type = "image-patches"``, `rmt.model.encoders`), and `ImageBank`, a batch's images,
+runs it inside the model's forward.
 
     uint8 image (B, S, S, 3)
       -> stem, 3 -> C channels                          (B, C, G, G): one vector per grid cell
@@ -40,10 +43,41 @@ Trained from scratch; no pretrained weights, nothing downloaded.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
-from .ssm import RMSNorm
+from rmt.model.config import ConfigError, Section
+from rmt.model.memory import Bank
+from rmt.model.rmt import BankSource
+from rmt.model.ssm import RMSNorm
+
+
+@dataclass
+class PatchEncoderConfig(Section):
+    """Settings of `PatchEncoder`: ``[model.encoders.<name>]`` with ``type = "image-patches"``."""
+
+    path: ClassVar[str] = "model.encoders.image"
+    image_size: int = 75
+    patch: int = 5  # "patch" stem: pixels per patch side, (image_size / patch) ** 2 entries per image
+    channels: int = 32
+    # "patch": one k=p, stride-p conv; "conv": conv_layers 3x3 stride-2 convs (the Relation Network's CNN),
+    # grid = image_size halved that many times, rounded up; "pool": conv_layers [3x3 conv, 2x2 max-pool] blocks.
+    stem: str = "patch"
+    conv_layers: int = 4
+    recon: float = 0.0  # weight of the pixel-reconstruction loss of the entries (training); 0 = no decoder
+
+    def validate(self) -> None:
+        super().validate()
+        self._positive("image_size", "patch", "channels", "conv_layers")
+        if self.stem not in ("patch", "conv", "pool"):
+            raise ConfigError(f"{self.path}.stem: expected 'patch', 'conv' or 'pool', got {self.stem!r}")
+        if self.stem == "patch" and self.image_size % self.patch:
+            raise ConfigError(f"{self.path}.patch: must divide image_size={self.image_size}, got {self.patch}")
+        if not self.recon >= 0.0:
+            raise ConfigError(f"{self.path}.recon: expected a weight >= 0, got {self.recon}")
 
 
 class _ResidualConv(nn.Module):
@@ -60,20 +94,23 @@ class _ResidualConv(nn.Module):
 
 
 class PatchEncoder(nn.Module):
-    """uint8 images (B, S, S, 3) -> patch embeddings (B, (S // patch) ** 2, d_model), row-major patch order.
+    """uint8 images (B, S, S, 3) -> patch embeddings (B, G * G, d_model), row-major patch order.
 
     Args:
         d_model: width of the embeddings (the model's width).
-        image_size: S; must be divisible by `patch`.
-        patch: side of one patch in pixels.
-        channels: convolution width C.
-        stem: "patch", "conv" or "pool" (module docstring); conv_layers: depth of the "conv" and "pool" stems.
-        recon: add the pixel-reconstruction head (`reconstruction_loss`).
+        config: `PatchEncoderConfig` -- image_size S, patch side, channels C, stem ("patch", "conv" or "pool",
+            module docstring), conv_layers (depth of the "conv" and "pool" stems), recon (the weight of the
+            pixel-reconstruction loss; > 0 adds the decoder, `reconstruction_loss`).
     """
 
-    def __init__(self, d_model: int, image_size: int = 75, patch: int = 5, channels: int = 32, stem: str = "patch",
-                 conv_layers: int = 4, recon: bool = False) -> None:
+    Config = PatchEncoderConfig
+
+    def __init__(self, d_model: int, config: PatchEncoderConfig | None = None) -> None:
         super().__init__()
+        config = config or PatchEncoderConfig()
+        self.config = config
+        image_size, patch, channels = config.image_size, config.patch, config.channels
+        stem, conv_layers, recon = config.stem, config.conv_layers, config.recon > 0
         self.image_size, self.patch = image_size, patch
         if stem == "patch":
             if image_size % patch:
@@ -175,6 +212,39 @@ class PatchEncoder(nn.Module):
         err = (self.recon(entries) - cells(x)) ** 2 * present
         return err.sum() / (present.sum() * b)
 
+    def aux_losses(self, images: Tensor, entries: Tensor) -> dict[str, Tensor] | None:
+        """The weighted training losses of this encoder: {"vision_recon": recon * reconstruction_loss}, or None
+        when recon = 0."""
+        if self.recon is None:
+            return None
+        return {"vision_recon": self.config.recon * self.reconstruction_loss(images, entries)}
+
     def forward(self, images: Tensor) -> Tensor:
         """images (B, S, S, 3) uint8 (or float in [0, 255]) -> entries (B, G*G, d_model)."""
         return self.encode(images)[1]
+
+
+class ImageBank(BankSource):
+    """A batch's images, one per row, which the model's image encoder (``model.encoders[encoder]``) writes into
+    a fresh bank inside forward; the encoder's weighted reconstruction loss comes back as the aux loss
+    "vision_recon" while training."""
+
+    def __init__(self, images: Tensor, encoder: str = "image"):
+        self.images = images  # (B, S, S, 3) uint8
+        self.encoder = encoder
+
+    def build(self, model) -> tuple[Bank, dict[str, Tensor] | None]:
+        if self.encoder not in model.encoders:
+            raise ValueError(f"this model has no {self.encoder!r} encoder (its config's [model.encoders] has "
+                             f"{sorted(model.encoders) or 'none'})")
+        enc = model.encoders[self.encoder]
+        key_inputs, entries = enc.encode(self.images)
+        bank = model.new_memory_bank()
+        model.write_memory(bank, entries, key_entries=key_inputs)
+        return bank, (enc.aux_losses(self.images, entries) if model.training else None)
+
+    def select(self, rows: slice) -> "ImageBank":
+        return ImageBank(self.images[rows], self.encoder)
+
+    def to(self, device) -> "ImageBank":
+        return ImageBank(self.images.to(device), self.encoder)
