@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from rmt.checkpoint import CheckpointError, load_model
 from rmt.model import ConfigError, RMTConfig
 from rmt.model.config import migrate_flat
+from rmt.tasks.image_encoder import ImageBank
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints_v0"
 
