@@ -236,7 +236,8 @@ def test_the_image_encoder_is_the_task_s_not_an_option_of_the_core():
 @pytest.mark.parametrize("options", [{}, {"vision": {"stem": "conv", "conv_layers": 3}, "reader": {"query_conv": 6},
                                           "bank": {"sink": True}}, {"vision": {"stem": "pool", "conv_layers": 3}},
                                      {"reader": {"query_ema": 16}}, {"reader": {"query_ema": 8, "query_conv": 4}},
-                                     {"reader": {"query_ema": 64, "query_state": False}}])
+                                     {"reader": {"query_ema": 64, "query_state": False}},
+                                     {"reader": {"query_ema": 16, "query_state": False, "core_keys": True}}])
 def test_image_model_decodes_token_by_token_like_the_full_forward(options):
     torch.manual_seed(0)
     model = RMT(vision_config(**options)).eval()
@@ -345,6 +346,30 @@ def test_image_keys_start_from_what_a_patch_shows_not_where_it_is():
         model.encoders["image"].row.add_(1.0)
         k2, e2 = model.encoders["image"].encode(images)
     assert torch.equal(k2, key_inputs) and not torch.allclose(e2, entries)
+
+
+def test_core_keys_give_the_core_reads_their_own_keys_over_the_same_entries():
+    """reader.core_keys: the bank gets a view with the same values and keys core_key(entries); the prelude's read
+    keeps its keys, the core's re-reads use the view's, and the read pictures show both."""
+    torch.manual_seed(0)
+    model = RMT(vision_config(reader={"core_keys": True})).eval()
+    images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
+    idx = torch.randint(0, 256, (2, 10))
+    bank, _ = ImageBank(images).build(model)
+    key_inputs, entries = model.encoders["image"].encode(images)
+    assert torch.allclose(bank.keys, model.reader.bank.key_proj(key_inputs))
+    assert torch.allclose(bank.core_view.keys, model.reader.core_key(entries))
+    assert torch.equal(bank.core_view.values, bank.values)
+    with torch.no_grad():
+        before = model(idx, explicit_bank=bank).logits
+        k0 = model(idx, explicit_bank=bank, think_iters=0).logits
+        model.reader.core_key.weight.mul_(3.0)
+        bank, _ = ImageBank(images).build(model)
+        assert not torch.allclose(model(idx, explicit_bank=bank).logits, before)  # the core reads the view
+        assert torch.allclose(model(idx, explicit_bank=bank, think_iters=0).logits, k0)  # the prelude does not
+    assert "core_key" not in dict(RMT(vision_config()).reader.named_children())  # off by default: no weights
+    with pytest.raises(ConfigError, match=r"model\.reader\.core_keys: .*needs reader\.core_reads"):
+        vision_config(reader={"core_keys": True, "core_reads": False})
 
 
 def test_gradients_reach_the_image_encoder_and_the_core_query():

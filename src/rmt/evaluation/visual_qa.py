@@ -103,9 +103,12 @@ def read_attention(model: RMT, examples: list[Example], images: np.ndarray, tok:
         bank, _ = ImageBank(torch.from_numpy(images[[ex.meta["image"]]]).to(device)).build(model)
         if not isinstance(bank, SoftmaxMemoryBank):
             raise ValueError("read_attention needs bank.read = 'softmax'")
-        bank.record = True
+        views = [bank] + ([bank.core_view] if bank.core_view is not None else [])  # core reads: own keys
+        for view in views:
+            view.record = True
         model(idx, explicit_bank=bank)
-        weights = [w[0, -1].float().mean(0).view(grid, grid).cpu().numpy() for w in bank.recorded]
+        recorded = [w for view in views for w in view.recorded]  # the prelude's read first, then the core's
+        weights = [w[0, -1].float().mean(0).view(grid, grid).cpu().numpy() for w in recorded]
         out.append(np.stack(weights))
     return out
 

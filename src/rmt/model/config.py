@@ -171,6 +171,9 @@ class ReaderConfig(Section):
     query_ema: int = 0  # starting time constant of the decayed bag of bytes (0 = off)
     query_state: bool = True  # False: the prelude's read queries with the token terms alone
     core_reads: bool = False  # the core reads the bank again at every iteration, with a query from its state
+    # the core's re-reads score the entries with keys of their own: a separate projection of the entry
+    # embeddings (content and position), not the prelude read's keys (for banks written from entries)
+    core_keys: bool = False
 
     EMA_GROUPS: ClassVar[int] = 8
 
@@ -292,6 +295,8 @@ class RMTConfig(Section):
             raise ConfigError("model.reader.core_reads: the core's re-reads are for the ssm core (core.mixer = 'ssm')")
         if self.reader.core_reads and not self.bank.enabled:
             raise ConfigError("model.reader.core_reads: needs bank.enabled = true")
+        if self.reader.core_keys and not self.reader.core_reads:
+            raise ConfigError("model.reader.core_keys: keys for the core's re-reads; needs reader.core_reads = true")
 
     # ----------------------------------------------------------------------------------------- I/O
     def replace(self, **changes: Any) -> "RMTConfig":

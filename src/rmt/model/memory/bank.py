@@ -91,6 +91,8 @@ class ExplicitMemoryBank:
         self.S: Tensor | None = None
         self.z: Tensor | None = None
         self.count: Tensor | None = None
+        # The same entries under the thinking core's own keys (`reader.core_keys`); None = it reads these.
+        self.core_view: "ExplicitMemoryBank | None" = None
 
     @property
     def num_entries(self) -> Tensor:
@@ -196,6 +198,8 @@ class SoftmaxMemoryBank:
         self.keys: Tensor | None = None
         self.values: Tensor | None = None
         self.mask: Tensor | None = None
+        # The same entries under the thinking core's own keys (`reader.core_keys`); None = it reads these.
+        self.core_view: "SoftmaxMemoryBank | None" = None
 
     @property
     def num_entries(self) -> Tensor:

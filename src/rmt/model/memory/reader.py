@@ -2,7 +2,8 @@
 
     query  q = norm(h) [+ token terms]            h: the prelude's state; token terms (optional, see below)
     read   m = product_keys(q) [+ bank(q)]        the prelude's read: the model's preliminary answer signal (R1)
-    core   r_k = w_memory * bank(W norm(e + s_k))  the thinking core's re-read at iteration k (optional)
+    core   r_k = w_memory * bank(W norm(e + s_k))  the thinking core's re-read at iteration k (optional; with
+                                                   core_keys, the bank's entries under the core's own keys)
 
 Token terms add the raw question words to every query, for banks whose entries must be found by a word that
 the prelude has not yet learned to carry (`ReaderConfig`): a causal depthwise conv over the last few
@@ -54,7 +55,9 @@ class CoreRead:
     def __call__(self, s: Tensor) -> Tensor:
         r = self.reader
         q = r.core_query(r.core_norm(self.e + s))
-        return self.w * r.bank.output(self.bank.read(q), s.dtype)
+        # the same entries under the core's own keys when the bank was written with them (reader.core_keys)
+        bank = getattr(self.bank, "core_view", None) or self.bank
+        return self.w * r.bank.output(bank.read(q), s.dtype)
 
 
 class MemoryReader(nn.Module):
@@ -87,6 +90,10 @@ class MemoryReader(nn.Module):
             # else than the prelude did, e.g. "what is near the place I found", not "where is red".
             self.core_norm = RMSNorm(c.d_model)
             self.core_query = nn.Linear(c.d_model, bk.d_key, bias=False)
+        if rc.core_keys:
+            # ... and, optionally, its own keys: the prelude read's keys start from what a patch shows (so that
+            # "red" is found by colour), while a follow-up ("the one closest to it") must score where a patch is.
+            self.core_key = nn.Linear(c.d_model, bk.d_key, bias=False)
 
     # --------------------------------------------------------------------------------- queries
     def token_terms(self, idx: Tensor, emb: Tensor, state: ReaderState | None = None
@@ -163,4 +170,9 @@ class MemoryReader(nn.Module):
         """Write entry embeddings (B, M, D) into ``bank``; keys from ``key_entries`` (B, M, D) when given."""
         if self.bank is None:
             raise ValueError("this model was built with bank.enabled = false (no explicit memory)")
-        bank.write(*self.bank.encode_entries(entries, key_entries), mask)
+        keys, values = self.bank.encode_entries(entries, key_entries)
+        bank.write(keys, values, mask)
+        if self.config.core_keys:
+            if bank.core_view is None:
+                bank.core_view = self.bank.new_bank()
+            bank.core_view.write(self.core_key(entries), values, mask)
