@@ -11,7 +11,7 @@ Read 2's keys: the entries through its own key projection, plus with --coord-key
 coordinate features (x, y, x^2 + y^2) of every cell, so that q.k can score -|p - p_i|^2 for a p the query took
 from read 1. Curriculum: --objects-steps non-relational questions, then --relations-steps of all. At the end,
 accuracy by question on the 200 test images (4,000 questions), and again with read 2 zeroed (hop off).
-Not part of the library. CPU, one thread by default. Written 2026-12-06, not yet run: no numbers from it so far.
+Not part of the library. CPU, one thread by default. Numbers: experiments/README.md, "A two-read micro-probe".
 """
 from __future__ import annotations
 
