@@ -32,6 +32,9 @@ from rmt.tasks.sort_of_clevr import ANSWERS, COLORS, QUESTIONS
 p = argparse.ArgumentParser()
 p.add_argument("--hops", type=int, default=2, choices=(1, 2))
 p.add_argument("--coord-keys", action="store_true")
+p.add_argument("--focus", action="store_true",
+               help="read 2 addresses relative to read 1's focus: logits + slope(q2) |p_i - f|^2 + ior(q2) a1_i")
+p.add_argument("--focus-scale", type=float, default=4.0, help="multiplies the focus slope and inhibition")
 p.add_argument("--objects-steps", type=int, default=1500)
 p.add_argument("--relations-steps", type=int, default=2500)
 p.add_argument("--lr", type=float, default=1e-3)
@@ -67,6 +70,11 @@ class Hop(nn.Module):
             self.query2 = nn.Sequential(nn.Linear(2 * D, 2 * D), nn.GELU(), nn.Linear(2 * D, D))
             self.read2 = ExplicitMemoryRead(D, D, heads=args.heads, read="softmax", sink=True)
             self.coord_key = nn.Linear(3, D, bias=False) if args.coord_keys else None
+            # per head: how read 2 weighs distance from read 1's focus, and read 1's own cells (inhibition)
+            self.focus = nn.Linear(D, 2 * args.heads) if args.focus else None
+            if self.focus is not None:  # start as a plain read; the bias grows where it pays
+                nn.init.zeros_(self.focus.weight)
+                nn.init.zeros_(self.focus.bias)
         self.head = nn.Sequential(nn.Linear((1 + args.hops) * D, 2 * D), nn.GELU(), nn.Linear(2 * D, len(ANSWERS)))
 
     def forward(self, images, colour, kind, hop: bool = True, record: bool = False):
@@ -84,12 +92,38 @@ class Hop(nn.Module):
             if self.coord_key is not None:
                 k2 = k2 + self.coord_key(self.enc.coords)
             bank2.write(k2, self.read2.value_proj(entries))
-            r2 = self.read2(self.query2(torch.cat([q, r1], -1))[:, None], bank2)[:, 0]
+            x2 = self.query2(torch.cat([q, r1], -1))
+            if self.focus is None:
+                r2 = self.read2(x2[:, None], bank2)[:, 0]
+            else:
+                r2 = self.focus_read(x2, bank1, bank2, q[:, None])
             parts.append(r2 if hop else torch.zeros_like(r2))
             weights.append(bank2.recorded)
         logits = self.head(torch.cat(parts, -1))
         recon = self.enc.reconstruction_loss(images, entries) if (self.training and args.recon > 0) else None
         return logits, recon, weights
+
+
+def _focus_read(self, x2, bank1, bank2, q1):
+    """Read 2 with a bias relative to where read 1 looked (per head): slope * |p_i - f|^2 + ior * a1_i / max a1."""
+    h = args.heads
+    s1 = bank1.scores(self.read1.query_proj(q1))[:, :, 0]  # (B, H, M)
+    a1 = torch.softmax(torch.cat([s1, s1.new_zeros(*s1.shape[:-1], 1)], -1), -1)[..., :-1]  # read 1's weights
+    pos = self.enc.coords[:, :2]  # (M, 2)
+    f = (a1 @ pos) / a1.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, H, 2)
+    d2 = ((pos[None, None] - f[:, :, None]) ** 2).sum(-1)  # (B, H, M)
+    slope, ior = (args.focus_scale * self.focus(x2)).view(-1, 2, h).unbind(1)  # (B, H) each
+    bias = slope[..., None] * d2 + ior[..., None] * a1 / a1.amax(-1, keepdim=True).clamp_min(1e-6)
+    s2 = bank2.scores(self.read2.query_proj(x2[:, None]))[:, :, 0] + bias  # (B, H, M)
+    w = torch.softmax(torch.cat([s2, s2.new_zeros(*s2.shape[:-1], 1)], -1), -1)[..., :-1]
+    if bank2.record:
+        bank2.recorded.append(w.detach()[:, None])
+    v = bank2.values.view(w.shape[0], -1, h, bank2.d_value // h).transpose(1, 2)  # (B, H, M, dv)
+    out = (w[:, :, None] @ v)[:, :, 0].reshape(w.shape[0], -1)
+    return self.read2.output(out, x2.dtype)
+
+
+Hop.focus_read = _focus_read
 
 
 def tensors(examples, images):
