@@ -35,6 +35,8 @@ p.add_argument("--coord-keys", action="store_true")
 p.add_argument("--focus", action="store_true",
                help="read 2 addresses relative to read 1's focus: logits + slope(q2) |p_i - f|^2 + ior(q2) a1_i")
 p.add_argument("--focus-scale", type=float, default=4.0, help="multiplies the focus slope and inhibition")
+p.add_argument("--pairs", action="store_true",
+               help="+ a Relation-Network-style g(entry_i, r1, q, coords_i) summed over the cells, into the answer")
 p.add_argument("--objects-steps", type=int, default=1500)
 p.add_argument("--relations-steps", type=int, default=2500)
 p.add_argument("--lr", type=float, default=1e-3)
@@ -75,7 +77,10 @@ class Hop(nn.Module):
             if self.focus is not None:  # start as a plain read; the bias grows where it pays
                 nn.init.zeros_(self.focus.weight)
                 nn.init.zeros_(self.focus.bias)
-        self.head = nn.Sequential(nn.Linear((1 + args.hops) * D, 2 * D), nn.GELU(), nn.Linear(2 * D, len(ANSWERS)))
+        # pairs: the named object (read 1) against every cell, as the RN pairs all cells, at M not M^2 per question
+        self.pairs = (nn.Sequential(nn.Linear(3 * D + 3, 2 * D), nn.GELU(), nn.Linear(2 * D, 2 * D), nn.GELU(),
+                                    nn.Linear(2 * D, D)) if args.pairs else None)
+        self.head = nn.Sequential(nn.Linear((1 + args.hops + args.pairs) * D, 2 * D), nn.GELU(), nn.Linear(2 * D, len(ANSWERS)))
 
     def forward(self, images, colour, kind, hop: bool = True, record: bool = False):
         key_in, entries = self.enc.encode(images)
@@ -99,6 +104,11 @@ class Hop(nn.Module):
                 r2 = self.focus_read(x2, bank1, bank2, q[:, None])
             parts.append(r2 if hop else torch.zeros_like(r2))
             weights.append(bank2.recorded)
+        if self.pairs is not None:
+            m = entries.shape[1]
+            pin = torch.cat([entries, r1[:, None].expand(-1, m, -1), q[:, None].expand(-1, m, -1),
+                             self.enc.coords.expand(entries.shape[0], -1, -1)], -1)
+            parts.append(self.pairs(pin).sum(1) / m)
         logits = self.head(torch.cat(parts, -1))
         recon = self.enc.reconstruction_loss(images, entries) if (self.training and args.recon > 0) else None
         return logits, recon, weights
