@@ -9,7 +9,8 @@ the first read's result answer closest / furthest / count? (issue 19; experiment
 
 Read 2's keys: the entries through its own key projection, plus with --coord-keys a linear map of fixed
 coordinate features (x, y, x^2 + y^2) of every cell, so that q.k can score -|p - p_i|^2 for a p the query took
-from read 1. Curriculum: --objects-steps non-relational questions, then --relations-steps of all. At the end,
+from read 1. --focus biases read 2 by distance from read 1's weight-averaged position (and by read 1's own
+weights, inhibition of return); --pairs adds an RN-style g(entry_i, r1, q, coords_i) averaged over the cells. Curriculum: --objects-steps non-relational questions, then --relations-steps of all. At the end,
 accuracy by question on the 200 test images (4,000 questions), and again with read 2 zeroed (hop off).
 Not part of the library. CPU, one thread by default. Numbers: experiments/README.md, "A two-read micro-probe".
 """
@@ -113,27 +114,24 @@ class Hop(nn.Module):
         recon = self.enc.reconstruction_loss(images, entries) if (self.training and args.recon > 0) else None
         return logits, recon, weights
 
-
-def _focus_read(self, x2, bank1, bank2, q1):
-    """Read 2 with a bias relative to where read 1 looked (per head): slope * |p_i - f|^2 + ior * a1_i / max a1."""
-    h = args.heads
-    s1 = bank1.scores(self.read1.query_proj(q1))[:, :, 0]  # (B, H, M)
-    a1 = torch.softmax(torch.cat([s1, s1.new_zeros(*s1.shape[:-1], 1)], -1), -1)[..., :-1]  # read 1's weights
-    pos = self.enc.coords[:, :2]  # (M, 2)
-    f = (a1 @ pos) / a1.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, H, 2)
-    d2 = ((pos[None, None] - f[:, :, None]) ** 2).sum(-1)  # (B, H, M)
-    slope, ior = (args.focus_scale * self.focus(x2)).view(-1, 2, h).unbind(1)  # (B, H) each
-    bias = slope[..., None] * d2 + ior[..., None] * a1 / a1.amax(-1, keepdim=True).clamp_min(1e-6)
-    s2 = bank2.scores(self.read2.query_proj(x2[:, None]))[:, :, 0] + bias  # (B, H, M)
-    w = torch.softmax(torch.cat([s2, s2.new_zeros(*s2.shape[:-1], 1)], -1), -1)[..., :-1]
-    if bank2.record:
-        bank2.recorded.append(w.detach()[:, None])
-    v = bank2.values.view(w.shape[0], -1, h, bank2.d_value // h).transpose(1, 2)  # (B, H, M, dv)
-    out = (w[:, :, None] @ v)[:, :, 0].reshape(w.shape[0], -1)
-    return self.read2.output(out, x2.dtype)
-
-
-Hop.focus_read = _focus_read
+    def focus_read(self, x2, bank1, bank2, q1):
+        """Read 2 with a bias relative to where read 1 looked (per head): slope * |p_i - f|^2 + ior * a1_i / max a1.
+        Recomputes read 1's weights with gradient (the bank records them only detached)."""
+        h = args.heads
+        s1 = bank1.scores(self.read1.query_proj(q1))[:, :, 0]  # (B, H, M)
+        a1 = torch.softmax(torch.cat([s1, s1.new_zeros(*s1.shape[:-1], 1)], -1), -1)[..., :-1]  # read 1's weights
+        pos = self.enc.coords[:, :2]  # (M, 2)
+        f = (a1 @ pos) / a1.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, H, 2)
+        d2 = ((pos[None, None] - f[:, :, None]) ** 2).sum(-1)  # (B, H, M)
+        slope, ior = (args.focus_scale * self.focus(x2)).view(-1, 2, h).unbind(1)  # (B, H) each
+        bias = slope[..., None] * d2 + ior[..., None] * a1 / a1.amax(-1, keepdim=True).clamp_min(1e-6)
+        s2 = bank2.scores(self.read2.query_proj(x2[:, None]))[:, :, 0] + bias  # (B, H, M)
+        w = torch.softmax(torch.cat([s2, s2.new_zeros(*s2.shape[:-1], 1)], -1), -1)[..., :-1]
+        if bank2.record:
+            bank2.recorded.append(w.detach()[:, None])
+        v = bank2.values.view(w.shape[0], -1, h, bank2.d_value // h).transpose(1, 2)  # (B, H, M, dv)
+        out = (w[:, :, None] @ v)[:, :, 0].reshape(w.shape[0], -1)
+        return self.read2.output(out, x2.dtype)
 
 
 def tensors(examples, images):
