@@ -35,6 +35,9 @@ p.add_argument("--hops", type=int, default=2, choices=(1, 2))
 p.add_argument("--coord-keys", action="store_true")
 p.add_argument("--focus", action="store_true",
                help="read 2 addresses relative to read 1's focus: logits + slope(q2) |p_i - f|^2 + ior(q2) a1_i")
+p.add_argument("--focus-detach", action="store_true", help="--focus: read 1's weights enter read 2 without gradient")
+p.add_argument("--score-mlp", action="store_true",
+               help="read 2 scored by an MLP of [entry_i, q2, p_i - f, |p_i - f|^2, a1_i] (f: read 1's focus) per head")
 p.add_argument("--focus-scale", type=float, default=4.0, help="multiplies the focus slope and inhibition")
 p.add_argument("--pairs", action="store_true",
                help="+ a Relation-Network-style g(entry_i, r1, q, coords_i) summed over the cells, into the answer")
@@ -75,6 +78,8 @@ class Hop(nn.Module):
             self.coord_key = nn.Linear(3, D, bias=False) if args.coord_keys else None
             # per head: how read 2 weighs distance from read 1's focus, and read 1's own cells (inhibition)
             self.focus = nn.Linear(D, 2 * args.heads) if args.focus else None
+            self.scorer = (nn.Sequential(nn.Linear(2 * D + 4, 2 * D), nn.GELU(), nn.Linear(2 * D, args.heads))
+                           if args.score_mlp else None)
             if self.focus is not None:  # start as a plain read; the bias grows where it pays
                 nn.init.zeros_(self.focus.weight)
                 nn.init.zeros_(self.focus.bias)
@@ -99,7 +104,9 @@ class Hop(nn.Module):
                 k2 = k2 + self.coord_key(self.enc.coords)
             bank2.write(k2, self.read2.value_proj(entries))
             x2 = self.query2(torch.cat([q, r1], -1))
-            if self.focus is None:
+            if self.scorer is not None:
+                r2 = self.mlp_read(x2, bank1, bank2, entries, q[:, None])
+            elif self.focus is None:
                 r2 = self.read2(x2[:, None], bank2)[:, 0]
             else:
                 r2 = self.focus_read(x2, bank1, bank2, q[:, None])
@@ -114,24 +121,49 @@ class Hop(nn.Module):
         recon = self.enc.reconstruction_loss(images, entries) if (self.training and args.recon > 0) else None
         return logits, recon, weights
 
-    def focus_read(self, x2, bank1, bank2, q1):
-        """Read 2 with a bias relative to where read 1 looked (per head): slope * |p_i - f|^2 + ior * a1_i / max a1.
-        Recomputes read 1's weights with gradient (the bank records them only detached)."""
+    def read1_focus(self, bank1, q1):
+        """Read 1's weights (B, H, M) and weight-averaged position f (B, H, 2), recomputed with gradient unless
+        --focus-detach."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not args.focus_detach):
+            s1 = bank1.scores(self.read1.query_proj(q1))[:, :, 0]  # (B, H, M)
+            a1 = torch.softmax(torch.cat([s1, s1.new_zeros(*s1.shape[:-1], 1)], -1), -1)[..., :-1]
+            pos = self.enc.coords[:, :2]  # (M, 2)
+            f = (a1 @ pos) / a1.sum(-1, keepdim=True).clamp_min(1e-6)
+        return a1, f
+
+    def weighted_read(self, s2, bank2, x2):
+        """Softmax with a zero-logit sink over scores (B, H, M), applied to bank 2's values -> (B, D)."""
         h = args.heads
-        s1 = bank1.scores(self.read1.query_proj(q1))[:, :, 0]  # (B, H, M)
-        a1 = torch.softmax(torch.cat([s1, s1.new_zeros(*s1.shape[:-1], 1)], -1), -1)[..., :-1]  # read 1's weights
-        pos = self.enc.coords[:, :2]  # (M, 2)
-        f = (a1 @ pos) / a1.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, H, 2)
-        d2 = ((pos[None, None] - f[:, :, None]) ** 2).sum(-1)  # (B, H, M)
-        slope, ior = (args.focus_scale * self.focus(x2)).view(-1, 2, h).unbind(1)  # (B, H) each
-        bias = slope[..., None] * d2 + ior[..., None] * a1 / a1.amax(-1, keepdim=True).clamp_min(1e-6)
-        s2 = bank2.scores(self.read2.query_proj(x2[:, None]))[:, :, 0] + bias  # (B, H, M)
         w = torch.softmax(torch.cat([s2, s2.new_zeros(*s2.shape[:-1], 1)], -1), -1)[..., :-1]
         if bank2.record:
             bank2.recorded.append(w.detach()[:, None])
         v = bank2.values.view(w.shape[0], -1, h, bank2.d_value // h).transpose(1, 2)  # (B, H, M, dv)
         out = (w[:, :, None] @ v)[:, :, 0].reshape(w.shape[0], -1)
         return self.read2.output(out, x2.dtype)
+
+    def mlp_read(self, x2, bank1, bank2, entries, q1):
+        """Read 2 scored per cell by an MLP of the cell, the hop query and the cell's offset from read 1's focus
+        (head-averaged): a nonlinear comparison, where a dot product needs the distance spelled out in its keys."""
+        a1, f = self.read1_focus(bank1, q1)
+        a1, f = a1.mean(1), f.mean(1)  # (B, M), (B, 2)
+        rel = self.enc.coords[None, :, :2] - f[:, None]  # (B, M, 2)
+        m = entries.shape[1]
+        x = torch.cat([entries, x2[:, None].expand(-1, m, -1), rel, (rel ** 2).sum(-1, keepdim=True),
+                       a1[..., None] / a1.amax(-1, keepdim=True)[..., None].clamp_min(1e-6)], -1)
+        s2 = self.scorer(x).transpose(1, 2)  # (B, H, M)
+        return self.weighted_read(s2, bank2, x2)
+
+    def focus_read(self, x2, bank1, bank2, q1):
+        """Read 2 with a bias relative to where read 1 looked (per head): slope * |p_i - f|^2 + ior * a1_i / max a1.
+        Recomputes read 1's weights with gradient (the bank records them only detached)."""
+        h = args.heads
+        a1, f = self.read1_focus(bank1, q1)
+        pos = self.enc.coords[:, :2]  # (M, 2)
+        d2 = ((pos[None, None] - f[:, :, None]) ** 2).sum(-1)  # (B, H, M)
+        slope, ior = (args.focus_scale * self.focus(x2)).view(-1, 2, h).unbind(1)  # (B, H) each
+        bias = slope[..., None] * d2 + ior[..., None] * a1 / a1.amax(-1, keepdim=True).clamp_min(1e-6)
+        s2 = bank2.scores(self.read2.query_proj(x2[:, None]))[:, :, 0] + bias  # (B, H, M)
+        return self.weighted_read(s2, bank2, x2)
 
 
 def tensors(examples, images):
