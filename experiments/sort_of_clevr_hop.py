@@ -38,6 +38,8 @@ p.add_argument("--focus", action="store_true",
 p.add_argument("--focus-detach", action="store_true", help="--focus: read 1's weights enter read 2 without gradient")
 p.add_argument("--score-mlp", action="store_true",
                help="read 2 scored by an MLP of [entry_i, q2, p_i - f, |p_i - f|^2, a1_i] (f: read 1's focus) per head")
+p.add_argument("--oracle-focus", action="store_true",
+               help="diagnostic: --score-mlp's f is the named object's true centre, not read 1's focus")
 p.add_argument("--focus-scale", type=float, default=4.0, help="multiplies the focus slope and inhibition")
 p.add_argument("--pairs", action="store_true",
                help="+ a Relation-Network-style g(entry_i, r1, q, coords_i) summed over the cells, into the answer")
@@ -146,6 +148,8 @@ class Hop(nn.Module):
         (head-averaged): a nonlinear comparison, where a dot product needs the distance spelled out in its keys."""
         a1, f = self.read1_focus(bank1, q1)
         a1, f = a1.mean(1), f.mean(1)  # (B, M), (B, 2)
+        if ORACLE is not None:
+            f = ORACLE[0]
         rel = self.enc.coords[None, :, :2] - f[:, None]  # (B, M, 2)
         m = entries.shape[1]
         x = torch.cat([entries, x2[:, None].expand(-1, m, -1), rel, (rel ** 2).sum(-1, keepdim=True),
@@ -166,7 +170,19 @@ class Hop(nn.Module):
         return self.weighted_read(s2, bank2, x2)
 
 
+ORACLE: list | None = [None] if args.oracle_focus else None
+
+
+def true_centres(examples, split: str) -> torch.Tensor:
+    """The named objects' centres (B, 2) in the grid's [-1, 1] coordinates (output cell j sees pixels ~8j)."""
+    objects = task.scenes[split].objects
+    xy = torch.tensor([objects[e.meta["image"], COLORS.index(e.meta["color"]), :2].tolist() for e in examples])
+    return ((xy.float() + 4.5 - 3.5) / 8.0) * (2.0 / 9.0) - 1.0
+
+
 def tensors(examples, images):
+    if ORACLE is not None:
+        ORACLE[0] = true_centres(examples, "train" if images is train_images else "test")
     img = images[[e.meta["image"] for e in examples]]
     colour = torch.tensor([COLORS.index(e.meta["color"]) for e in examples])
     kind = torch.tensor([QNAMES.index(e.meta["question"]) for e in examples])
