@@ -38,6 +38,11 @@ p.add_argument("--focus", action="store_true",
 p.add_argument("--focus-detach", action="store_true", help="--focus: read 1's weights enter read 2 without gradient")
 p.add_argument("--score-mlp", action="store_true",
                help="read 2 scored by an MLP of [entry_i, q2, p_i - f, |p_i - f|^2, a1_i] (f: read 1's focus) per head")
+p.add_argument("--per-head", action="store_true",
+               help="--score-mlp: the scorer sees every read-1 head's offset, distance and weight, and read 2's dot-product "
+                    "score per head (added to its output)")
+p.add_argument("--locate", action="store_true",
+               help="--score-mlp: the focus f from a read of its own whose query is the colour alone (trained through f)")
 p.add_argument("--oracle-focus", action="store_true",
                help="diagnostic: --score-mlp's f is the named object's true centre, not read 1's focus")
 p.add_argument("--focus-scale", type=float, default=4.0, help="multiplies the focus slope and inhibition")
@@ -80,8 +85,10 @@ class Hop(nn.Module):
             self.coord_key = nn.Linear(3, D, bias=False) if args.coord_keys else None
             # per head: how read 2 weighs distance from read 1's focus, and read 1's own cells (inhibition)
             self.focus = nn.Linear(D, 2 * args.heads) if args.focus else None
-            self.scorer = (nn.Sequential(nn.Linear(2 * D + 4, 2 * D), nn.GELU(), nn.Linear(2 * D, args.heads))
+            self.scorer = (nn.Sequential(nn.Linear(2 * D + (5 * args.heads if args.per_head else 4), 2 * D), nn.GELU(), nn.Linear(2 * D, args.heads))
                            if args.score_mlp else None)
+            self.locator = (ExplicitMemoryRead(D, D, heads=args.heads, read="softmax", sink=True)
+                            if args.locate else None)
             if self.focus is not None:  # start as a plain read; the bias grows where it pays
                 nn.init.zeros_(self.focus.weight)
                 nn.init.zeros_(self.focus.bias)
@@ -107,7 +114,7 @@ class Hop(nn.Module):
             bank2.write(k2, self.read2.value_proj(entries))
             x2 = self.query2(torch.cat([q, r1], -1))
             if self.scorer is not None:
-                r2 = self.mlp_read(x2, bank1, bank2, entries, q[:, None])
+                r2 = self.mlp_read(x2, bank1, bank2, entries, q[:, None], self.colour(colour)[:, None], key_in)
             elif self.focus is None:
                 r2 = self.read2(x2[:, None], bank2)[:, 0]
             else:
@@ -143,10 +150,18 @@ class Hop(nn.Module):
         out = (w[:, :, None] @ v)[:, :, 0].reshape(w.shape[0], -1)
         return self.read2.output(out, x2.dtype)
 
-    def mlp_read(self, x2, bank1, bank2, entries, q1):
+    def mlp_read(self, x2, bank1, bank2, entries, q1, colour_q, key_in):
         """Read 2 scored per cell by an MLP of the cell, the hop query and the cell's offset from read 1's focus
         (head-averaged): a nonlinear comparison, where a dot product needs the distance spelled out in its keys."""
-        a1, f = self.read1_focus(bank1, q1)
+        if self.locator is not None:  # where the named object is, whatever the question asks
+            s1 = torch.einsum("bhd,bmhd->bhm", self.locator.query_proj(colour_q[:, 0]).view(q1.shape[0], args.heads, -1),
+                              self.locator.key_proj(key_in).view(*key_in.shape[:2], args.heads, -1)) / (D // args.heads) ** 0.5
+            a1 = torch.softmax(torch.cat([s1, s1.new_zeros(*s1.shape[:-1], 1)], -1), -1)[..., :-1]
+            f = (a1 @ self.enc.coords[:, :2]) / a1.sum(-1, keepdim=True).clamp_min(1e-6)
+        else:
+            a1, f = self.read1_focus(bank1, q1)
+        if args.per_head:
+            return self.mlp_read_heads(x2, a1, f, bank2, entries)
         a1, f = a1.mean(1), f.mean(1)  # (B, M), (B, 2)
         if ORACLE is not None:
             f = ORACLE[0]
@@ -156,6 +171,19 @@ class Hop(nn.Module):
                        a1[..., None] / a1.amax(-1, keepdim=True)[..., None].clamp_min(1e-6)], -1)
         s2 = self.scorer(x).transpose(1, 2)  # (B, H, M)
         return self.weighted_read(s2, bank2, x2)
+
+    def mlp_read_heads(self, x2, a1, f, bank2, entries):
+        """--per-head: features of every head, (B, M, 5H): offsets from each head's focus, their squared lengths,
+        read 1's weights, and read 2's dot-product scores, which the MLP's output is added to."""
+        b, h, m = a1.shape
+        if ORACLE is not None:
+            f = ORACLE[0][:, None].expand(-1, h, -1)
+        rel = self.enc.coords[None, None, :, :2] - f[:, :, None]  # (B, H, M, 2)
+        dot = bank2.scores(self.read2.query_proj(x2[:, None]))[:, :, 0]  # (B, H, M)
+        per_head = torch.cat([rel, (rel ** 2).sum(-1, keepdim=True),
+                              (a1 / a1.amax(-1, keepdim=True).clamp_min(1e-6))[..., None], dot[..., None]], -1)
+        x = torch.cat([entries, x2[:, None].expand(-1, m, -1), per_head.permute(0, 2, 1, 3).reshape(b, m, 5 * h)], -1)
+        return self.weighted_read(dot + self.scorer(x).transpose(1, 2), bank2, x2)
 
     def focus_read(self, x2, bank1, bank2, q1):
         """Read 2 with a bias relative to where read 1 looked (per head): slope * |p_i - f|^2 + ior * a1_i / max a1.
