@@ -43,6 +43,9 @@ p.add_argument("--per-head", action="store_true",
                     "score per head (added to its output)")
 p.add_argument("--locate", action="store_true",
                help="--score-mlp: the focus f from a read of its own whose query is the colour alone (trained through f)")
+p.add_argument("--mass-focus", action="store_true",
+               help="--score-mlp: f pools read 1's heads by the weight each puts on cells (a head on its sink counts "
+                    "little), not as an equal mean of per-head focuses")
 p.add_argument("--oracle-focus", action="store_true",
                help="diagnostic: --score-mlp's f is the named object's true centre, not read 1's focus")
 p.add_argument("--focus-scale", type=float, default=4.0, help="multiplies the focus slope and inhibition")
@@ -162,7 +165,11 @@ class Hop(nn.Module):
             a1, f = self.read1_focus(bank1, q1)
         if args.per_head:
             return self.mlp_read_heads(x2, a1, f, bank2, entries)
-        a1, f = a1.mean(1), f.mean(1)  # (B, M), (B, 2)
+        if args.mass_focus:
+            f = (a1.sum(1) @ self.enc.coords[:, :2]) / a1.sum((1, 2))[:, None].clamp_min(1e-6)  # (B, 2)
+            a1 = a1.mean(1)
+        else:
+            a1, f = a1.mean(1), f.mean(1)  # (B, M), (B, 2)
         if ORACLE is not None:
             f = ORACLE[0]
         rel = self.enc.coords[None, :, :2] - f[:, None]  # (B, M, 2)
