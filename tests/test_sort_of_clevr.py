@@ -237,7 +237,9 @@ def test_the_image_encoder_is_the_task_s_not_an_option_of_the_core():
                                           "bank": {"sink": True}}, {"vision": {"stem": "pool", "conv_layers": 3}},
                                      {"reader": {"query_ema": 16}}, {"reader": {"query_ema": 8, "query_conv": 4}},
                                      {"reader": {"query_ema": 64, "query_state": False}},
-                                     {"reader": {"query_ema": 16, "query_state": False, "core_keys": True}}])
+                                     {"reader": {"query_ema": 16, "query_state": False, "core_keys": True}},
+                                     {"vision": {"stem": "conv", "conv_layers": 3, "hop": 16, "hop_heads": 2,
+                                                 "hop_query": 16}, "bank": {"sink": True}}])
 def test_image_model_decodes_token_by_token_like_the_full_forward(options):
     torch.manual_seed(0)
     model = RMT(vision_config(**options)).eval()
@@ -370,6 +372,53 @@ def test_core_keys_give_the_core_reads_their_own_keys_over_the_same_entries():
     assert "core_key" not in dict(RMT(vision_config()).reader.named_children())  # off by default: no weights
     with pytest.raises(ConfigError, match=r"model\.reader\.core_keys: .*needs reader\.core_reads"):
         vision_config(reader={"core_keys": True, "core_reads": False})
+
+
+HOP = {"stem": "conv", "conv_layers": 3, "hop": 16, "hop_heads": 2, "hop_query": 16}
+
+
+def test_the_hop_scores_the_core_reads_from_where_the_prelude_read_looked():
+    """encoders.image.hop: the core's re-reads are a HopRead over the bank's values, its logits an MLP of the cell,
+    the core's query and the cell's offset from the prelude read's focus (computed here by hand); the prelude's
+    read is the plain softmax read; the read pictures get both; the task refuses a model that cannot hold it."""
+    torch.manual_seed(0)
+    model = RMT(vision_config(vision=HOP, bank={"sink": True})).eval()
+    enc = model.encoders["image"]
+    images = torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)
+    bank, _ = ImageBank(images).build(model)
+    key_inputs, entries = enc.encode(images)
+    q1, q2 = torch.randn(2, 3, 16), torch.randn(2, 3, 16)
+    with torch.no_grad():
+        r1 = bank.read(q1)
+        plain = SoftmaxMemoryBank(16, bank.d_value, 2, sink=True)
+        plain.write(bank.keys, bank.values)
+        assert torch.allclose(r1, plain.read(q1))
+        a1 = bank.focus  # (B, H, T, M)
+        pos = enc.coords[:, :2]
+        f = torch.einsum("btm,mc->btc", a1.sum(1), pos) / a1.sum((1, 3))[..., None]
+        rel = pos[None, None] - f[:, :, None]
+        own = a1.mean(1) / a1.mean(1).amax(-1, keepdim=True)
+        geometry = torch.cat([rel, (rel ** 2).sum(-1, keepdim=True), own[..., None]], -1)
+        hidden = enc.hop.cell(entries)[:, None] + enc.hop.query(q2)[:, :, None] + enc.hop.geometry(geometry)
+        logits = enc.hop.out(torch.nn.functional.gelu(hidden)).permute(0, 3, 1, 2)  # (B, H, T, M)
+        w = torch.softmax(torch.cat([logits, torch.zeros(2, 2, 3, 1)], -1), -1)[..., :-1]
+        v = bank.values.view(2, -1, 2, bank.d_value // 2).transpose(1, 2)
+        expected = (w @ v).transpose(1, 2).reshape(2, 3, -1)
+        assert torch.allclose(bank.core_view.read(q2), expected, atol=1e-5)
+        with pytest.raises(ValueError, match="follows the prelude's read of its bank at the same positions"):
+            bank.core_view.read(torch.randn(2, 5, 16))
+    from rmt.evaluation.visual_qa import read_attention
+    from rmt.tasks.sort_of_clevr import question_example
+    from rmt.tokenizer import ByteTokenizer
+    scenes_ = generate(1, SortOfClevrConfig(n_train=0, n_validation=0, n_test=1, cache=False), "test")
+    pictures = read_attention(model, [question_example(scenes_, 0)], scenes_.images, ByteTokenizer())
+    assert pictures[0].shape == (3, 10, 10)  # the prelude's read, then one per core iteration
+    task = get_task("sort-of-clevr", n_train=1, n_validation=1, n_test=1, cache=False)
+    task.check_model(vision_config(vision=HOP, bank={"sink": True}))
+    for changes, match in [({"reader": {"core_reads": False}}, "needs model.reader.core_reads = true"),
+                           ({"bank": {"heads": 4}}, "hop_heads / hop_query must equal")]:
+        with pytest.raises(ConfigError, match=match):
+            task.check_model(vision_config(vision=HOP, **changes))
 
 
 def test_gradients_reach_the_image_encoder_and_the_core_query():

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from rmt.model.config import ConfigError, Section
 from rmt.model.memory import Bank
+from rmt.model.memory.bank import SoftmaxMemoryBank
 from rmt.model.rmt import BankSource
 from rmt.model.ssm import RMSNorm
 
@@ -68,6 +69,12 @@ class PatchEncoderConfig(Section):
     stem: str = "patch"
     conv_layers: int = 4
     recon: float = 0.0  # weight of the pixel-reconstruction loss of the entries (training); 0 = no decoder
+    # The relational hop (`HopRead`): > 0 = the hidden width of the MLP that scores the thinking core's re-reads
+    # of the picture from the cell, the core's query and the cell's offset from where the prelude's read looked.
+    # hop_heads and hop_query must equal the bank's heads and d_key (the task checks the model config).
+    hop: int = 0
+    hop_heads: int = 4
+    hop_query: int = 64
 
     def validate(self) -> None:
         super().validate()
@@ -76,6 +83,9 @@ class PatchEncoderConfig(Section):
             raise ConfigError(f"{self.path}.stem: expected 'patch', 'conv' or 'pool', got {self.stem!r}")
         if self.stem == "patch" and self.image_size % self.patch:
             raise ConfigError(f"{self.path}.patch: must divide image_size={self.image_size}, got {self.patch}")
+        if self.hop < 0:
+            raise ConfigError(f"{self.path}.hop: expected a hidden width >= 0 (0 = off), got {self.hop}")
+        self._positive("hop_heads", "hop_query")
         if not self.recon >= 0.0:
             raise ConfigError(f"{self.path}.recon: expected a weight >= 0, got {self.recon}")
 
@@ -159,6 +169,7 @@ class PatchEncoder(nn.Module):
         # bottom; the padding is masked out of the loss.
         self.cell = -(-image_size // g)
         self.recon = nn.Linear(d_model, self.cell * self.cell * 3) if recon else None
+        self.hop = (HopScorer(d_model, config.hop_query, config.hop_heads, config.hop) if config.hop else None)
 
     @property
     def num_patches(self) -> int:
@@ -224,6 +235,73 @@ class PatchEncoder(nn.Module):
         return self.encode(images)[1]
 
 
+class HopScorer(nn.Module):
+    """The relational hop's scoring MLP: for every query position t, head h and cell i,
+
+        score = W2 GELU(W_cell e_i + W_query q_t + W_geom [p_i - f_t, |p_i - f_t|^2, a_ti]) + b      (B, H, T, M)
+
+    e_i the cell's entry, q_t the thinking core's query, f_t where the prelude's read at t looked (its weight-
+    averaged cell position) and a_ti that read's weight on the cell (relative to its largest): "the one closest
+    to red" is a cell near f that is an object and not red itself, a comparison of positions that a dot product
+    q.k only expresses when its keys spell the distance out (experiments/README.md, "The relational hop").
+    The first layer is a sum of three projections, so its cost is B*T*M*hidden adds, not a matmul per pair.
+    """
+
+    def __init__(self, d_model: int, d_query: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.cell = nn.Linear(d_model, hidden)
+        self.query = nn.Linear(d_query, hidden, bias=False)
+        self.geometry = nn.Linear(4, hidden, bias=False)
+        self.out = nn.Linear(hidden, heads)
+
+    def forward(self, entries: Tensor, queries: Tensor, geometry: Tensor) -> Tensor:
+        """entries (B, M, D), queries (B, T, d_query), geometry (B, T, M, 4) -> logits (B, H, T, M)."""
+        x = self.cell(entries)[:, None] + self.query(queries)[:, :, None] + self.geometry(geometry)
+        return self.out(nn.functional.gelu(x)).permute(0, 3, 1, 2)
+
+
+class SceneBank(SoftmaxMemoryBank):
+    """The picture's bank when the encoder has a hop: a softmax bank that keeps the weights of its latest read
+    (the prelude's, at every position), which its `core_view`, a `HopRead`, scores the core's re-reads from."""
+
+    def __init__(self, d_key: int, d_value: int, heads: int, sink: bool) -> None:
+        super().__init__(d_key, d_value, heads, sink)
+        self.focus: Tensor | None = None  # (B, H, T, M), detached
+
+    def weights(self, queries: Tensor) -> Tensor:
+        w = super().weights(queries)
+        self.focus = w.detach()  # the hop's reference point only: the prelude's read learns from its own use
+        return w
+
+
+class HopRead:
+    """The thinking core's re-read of a `SceneBank`: queries (B, T, d_key) -> (B, T, d_value), over the bank's
+    values with `HopScorer` logits (softmax with the bank's sink). Reads at the positions of the prelude read
+    it follows (the same T); records its weights like a bank (``record``, ``recorded``) for the read pictures."""
+
+    def __init__(self, scene: SceneBank, scorer: HopScorer, entries: Tensor, coords: Tensor) -> None:
+        self.scene, self.scorer, self.entries, self.coords = scene, scorer, entries, coords[:, :2]
+        self.record = False
+        self.recorded: list[Tensor] = []
+
+    def read(self, queries: Tensor) -> Tensor:
+        a1 = self.scene.focus
+        if a1 is None or a1.shape[2] != queries.shape[1]:
+            raise ValueError(f"the hop read follows the prelude's read of its bank at the same positions; that "
+                             f"read has {'not run' if a1 is None else f'{a1.shape[2]} positions'}, this one has "
+                             f"{queries.shape[1]}")
+        mass = a1.sum(1)  # (B, T, M): every head's weight on a cell (a head on its sink counts little)
+        f = (mass @ self.coords) / mass.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, T, 2)
+        rel = self.coords[None, None] - f[:, :, None]  # (B, T, M, 2)
+        own = a1.mean(1) / a1.mean(1).amax(-1, keepdim=True).clamp_min(1e-6)  # (B, T, M)
+        geometry = torch.cat([rel, (rel ** 2).sum(-1, keepdim=True), own[..., None]], -1).to(queries.dtype)
+        w = self.scene.normalise(self.scorer(self.entries, queries, geometry), queries.dtype)
+        if self.record:
+            self.recorded.append(w.detach().permute(0, 2, 1, 3))  # (B, T, H, M)
+        return self.scene.apply_weights(w)
+
+
 class ImageBank(BankSource):
     """A batch's images, one per row, which the model's image encoder (``model.encoders[encoder]``) writes into
     a fresh bank inside forward; the encoder's weighted reconstruction loss comes back as the aux loss
@@ -239,8 +317,18 @@ class ImageBank(BankSource):
                              f"{sorted(model.encoders) or 'none'})")
         enc = model.encoders[self.encoder]
         key_inputs, entries = enc.encode(self.images)
-        bank = model.new_memory_bank()
+        if enc.hop is None:
+            bank = model.new_memory_bank()
+        else:
+            b = model.config.bank
+            if (b.read, b.heads, b.d_key) != ("softmax", enc.config.hop_heads, enc.config.hop_query):
+                raise ValueError(f"the {self.encoder!r} encoder's hop reads a softmax bank of hop_heads="
+                                 f"{enc.config.hop_heads}, d_key={enc.config.hop_query}; the model's bank is "
+                                 f"read={b.read!r}, heads={b.heads}, d_key={b.d_key}")
+            bank = SceneBank(b.d_key, model.reader.bank.d_value, b.heads, b.sink)
         model.write_memory(bank, entries, key_entries=key_inputs)
+        if enc.hop is not None:
+            bank.core_view = HopRead(bank, enc.hop, entries, enc.coords)
         return bank, (enc.aux_losses(self.images, entries) if model.training else None)
 
     def select(self, rows: slice) -> "ImageBank":

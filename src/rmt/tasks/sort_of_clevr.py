@@ -253,6 +253,15 @@ class SortOfClevr(Task):
         if not issubclass(cls, PatchEncoder):
             raise ConfigError(f"tasks.{self.name}: model.encoders.image.type: expected an image encoder "
                               f'("image-patches"), got {spec["type"]!r}')
+        if settings.hop:
+            b, r = config.bank, config.reader
+            if not r.core_reads or r.core_keys:
+                raise ConfigError(f"tasks.{self.name}: model.encoders.image.hop scores the thinking core's re-reads "
+                                  "of the picture: it needs model.reader.core_reads = true and core_keys = false")
+            if b.read != "softmax" or (settings.hop_heads, settings.hop_query) != (b.heads, b.d_key):
+                raise ConfigError(f"tasks.{self.name}: model.encoders.image.hop_heads / hop_query must equal "
+                                  f"model.bank.heads / d_key of a softmax bank: got {settings.hop_heads} / "
+                                  f"{settings.hop_query} for a {b.read!r} bank of {b.heads} / {b.d_key}")
         if settings.image_size != self.config.image_size:
             raise ConfigError(f"tasks.{self.name}: images are {self.config.image_size} pixels wide but "
                               f"model.encoders.image.image_size is {settings.image_size}")

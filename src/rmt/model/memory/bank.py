@@ -247,24 +247,33 @@ class SoftmaxMemoryBank:
         b, t, _ = queries.shape
         if self.keys is None:
             return queries.new_zeros(b, t, self.d_value)
-        h = self.heads
-        v = self.values.to(queries.dtype).view(b, -1, h, self.d_value // h).transpose(1, 2)  # (B, H, M, dv)
-        scores = self.scores(queries)
-        # A batch element with no entries has an all -inf row: softmax would give NaN, so it reads zero.
-        present = self.mask.any(1)
+        weights = self.weights(queries)
+        if self.record:
+            self.recorded.append(weights.detach().permute(0, 2, 1, 3))  # (B, T, H, M)
+        return self.apply_weights(weights)
+
+    def weights(self, queries: Tensor) -> Tensor:
+        """queries (B, T, d_key) -> the read's attention weights (B, H, T, M) (with a sink, summing to <= 1)."""
+        return self.normalise(self.scores(queries), queries.dtype)
+
+    def normalise(self, scores: Tensor, dtype: torch.dtype) -> Tensor:
+        """Attention logits (B, H, T, M) -> weights (B, H, T, M): softmax over the entries (and the sink)."""
         if self.sink:
             # Softmax over the entries plus one implicit entry of score 0 and value 0 ("off by one"): the weights
             # no longer have to sum to 1, so how much a read returns says how many entries matched -- how much
             # of the picture is red, how many objects are squares -- which a plain average cannot say.
             scores = torch.cat([scores, scores.new_zeros(*scores.shape[:-1], 1)], dim=-1)
-            weights = torch.softmax(scores.float(), dim=-1)[..., :-1].to(queries.dtype)
-        else:
-            weights = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(queries.dtype)
-        if self.record:
-            self.recorded.append(weights.detach().permute(0, 2, 1, 3))  # (B, T, H, M)
+            return torch.softmax(scores.float(), dim=-1)[..., :-1].to(dtype)
+        # A batch element with no entries has an all -inf row: softmax would give NaN, so it reads zero.
+        return torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(dtype)
+
+    def apply_weights(self, weights: Tensor) -> Tensor:
+        """Weights (B, H, T, M) -> the weighted sum of the values, (B, T, d_value); zero for a batch element with
+        no entries."""
+        b, h, t, _ = weights.shape
+        v = self.values.to(weights.dtype).view(b, -1, h, self.d_value // h).transpose(1, 2)  # (B, H, M, dv)
         out = (weights @ v).transpose(1, 2).reshape(b, t, self.d_value)
-        out = out * present.to(out.dtype).view(b, 1, 1)
-        return out
+        return out * self.mask.any(1).to(out.dtype).view(b, 1, 1)
 
 
 
