@@ -294,7 +294,8 @@ class HopRead:
         mass = a1.sum(1)  # (B, T, M): every head's weight on a cell (a head on its sink counts little)
         f = (mass @ self.coords) / mass.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, T, 2)
         rel = self.coords[None, None] - f[:, :, None]  # (B, T, M, 2)
-        own = a1.mean(1) / a1.mean(1).amax(-1, keepdim=True).clamp_min(1e-6)  # (B, T, M)
+        own = a1.mean(1)
+        own = own / own.amax(-1, keepdim=True).clamp_min(1e-6)  # (B, T, M): read 1's weight, relative to its top
         geometry = torch.cat([rel, (rel ** 2).sum(-1, keepdim=True), own[..., None]], -1).to(queries.dtype)
         w = self.scene.normalise(self.scorer(self.entries, queries, geometry), queries.dtype)
         if self.record:
