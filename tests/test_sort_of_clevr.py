@@ -395,7 +395,7 @@ def test_the_hop_scores_the_core_reads_from_where_the_prelude_read_looked():
         assert torch.allclose(r1, plain.read(q1))
         a1 = bank.focus  # (B, H, T, M)
         pos = enc.coords[:, :2]
-        f = torch.einsum("btm,mc->btc", a1.sum(1), pos) / a1.sum((1, 3))[..., None]
+        f = (torch.einsum("bhtm,mc->bhtc", a1, pos) / a1.sum(-1)[..., None]).mean(1)  # each head's focus, averaged
         rel = pos[None, None] - f[:, :, None]
         own = a1.mean(1) / a1.mean(1).amax(-1, keepdim=True)
         geometry = torch.cat([rel, (rel ** 2).sum(-1, keepdim=True), own[..., None]], -1)

@@ -291,8 +291,9 @@ class HopRead:
             raise ValueError(f"the hop read follows the prelude's read of its bank at the same positions; that "
                              f"read has {'not run' if a1 is None else f'{a1.shape[2]} positions'}, this one has "
                              f"{queries.shape[1]}")
-        mass = a1.sum(1)  # (B, T, M): every head's weight on a cell (a head on its sink counts little)
-        f = (mass @ self.coords) / mass.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, T, 2)
+        # f: each head's weight-averaged position, then their equal mean. Pooling the heads by their mass instead
+        # (a head on its sink counting little) did not learn the hop in the probe (experiments/README.md).
+        f = ((a1 @ self.coords) / a1.sum(-1, keepdim=True).clamp_min(1e-6)).mean(1)  # (B, T, 2)
         rel = self.coords[None, None] - f[:, :, None]  # (B, T, M, 2)
         own = a1.mean(1)
         own = own / own.amax(-1, keepdim=True).clamp_min(1e-6)  # (B, T, M): read 1's weight, relative to its top
