@@ -12,7 +12,7 @@ coordinate features (x, y, x^2 + y^2) of every cell, so that q.k can score -|p -
 from read 1. --focus biases read 2 by distance from read 1's weight-averaged position (and by read 1's own
 weights, inhibition of return); --pairs adds an RN-style g(entry_i, r1, q, coords_i) averaged over the cells.
 --score-mlp scores read 2 by an MLP of [entry_i, q2, p_i - f, |p_i - f|^2, a1_i] (with --focus-detach: the design
-that learned the hop, relational 0.913 at 12k steps; --per-head, --locate, --mass-focus, --oracle-focus are its variants). Curriculum: --objects-steps non-relational questions, then --relations-steps of all. At the end,
+that learned the hop, relational 0.913 at 12k steps; --per-head, --locate, --mass-focus, --sharp-focus, --oracle-focus are its variants). Curriculum: --objects-steps non-relational questions, then --relations-steps of all. At the end,
 accuracy by question on the 200 test images (4,000 questions), and again with read 2 zeroed (hop off).
 Not part of the library. CPU, one thread by default. Numbers: experiments/README.md, "A two-read micro-probe".
 """
@@ -48,6 +48,9 @@ p.add_argument("--locate", action="store_true",
 p.add_argument("--mass-focus", action="store_true",
                help="--score-mlp: f pools read 1's heads by the weight each puts on cells (a head on its sink counts "
                     "little), not as an equal mean of per-head focuses")
+p.add_argument("--sharp-focus", action="store_true",
+               help="--score-mlp: f is the centroid of the cells where read 1's head-mean weight is at least half its "
+                    "top (the named object), not of all its weight (a diffuse head pulls f to the middle)")
 p.add_argument("--oracle-focus", action="store_true",
                help="diagnostic: --score-mlp's f is the named object's true centre, not read 1's focus")
 p.add_argument("--focus-scale", type=float, default=4.0, help="multiplies the focus slope and inhibition")
@@ -172,6 +175,9 @@ class Hop(nn.Module):
             a1 = a1.mean(1)
         else:
             a1, f = a1.mean(1), f.mean(1)  # (B, M), (B, 2)
+            if args.sharp_focus:
+                top = a1 * (a1 >= 0.5 * a1.amax(-1, keepdim=True))
+                f = (top @ self.enc.coords[:, :2]) / top.sum(-1, keepdim=True).clamp_min(1e-6)
         if ORACLE is not None:
             f = ORACLE[0]
         rel = self.enc.coords[None, :, :2] - f[:, None]  # (B, M, 2)
