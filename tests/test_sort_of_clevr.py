@@ -395,9 +395,10 @@ def test_the_hop_scores_the_core_reads_from_where_the_prelude_read_looked():
         assert torch.allclose(r1, plain.read(q1))
         a1 = bank.focus  # (B, H, T, M)
         pos = enc.coords[:, :2]
-        f = (torch.einsum("bhtm,mc->bhtc", a1, pos) / a1.sum(-1)[..., None]).mean(1)  # each head's focus, averaged
-        rel = pos[None, None] - f[:, :, None]
         own = a1.mean(1) / a1.mean(1).amax(-1, keepdim=True)
+        top = torch.where(own >= 0.5, own, torch.zeros_like(own))  # the cells at >= half the top weight
+        f = torch.einsum("btm,mc->btc", top, pos) / top.sum(-1)[..., None]
+        rel = pos[None, None] - f[:, :, None]
         geometry = torch.cat([rel, (rel ** 2).sum(-1, keepdim=True), own[..., None]], -1)
         hidden = enc.hop.cell(entries)[:, None] + enc.hop.query(q2)[:, :, None] + enc.hop.geometry(geometry)
         logits = enc.hop.out(torch.nn.functional.gelu(hidden)).permute(0, 3, 1, 2)  # (B, H, T, M)

@@ -291,12 +291,14 @@ class HopRead:
             raise ValueError(f"the hop read follows the prelude's read of its bank at the same positions; that "
                              f"read has {'not run' if a1 is None else f'{a1.shape[2]} positions'}, this one has "
                              f"{queries.shape[1]}")
-        # f: each head's weight-averaged position, then their equal mean. Pooling the heads by their mass instead
-        # (a head on its sink counting little) did not learn the hop in the probe (experiments/README.md).
-        f = ((a1 @ self.coords) / a1.sum(-1, keepdim=True).clamp_min(1e-6)).mean(1)  # (B, T, 2)
-        rel = self.coords[None, None] - f[:, :, None]  # (B, T, M, 2)
         own = a1.mean(1)
         own = own / own.amax(-1, keepdim=True).clamp_min(1e-6)  # (B, T, M): read 1's weight, relative to its top
+        # f: the centroid of the cells read 1 weighs at least half its top -- the named object. The centroid of
+        # all its weight sat ~3 grid cells from the object in a trained model (the reads' low weight spread over
+        # the picture pulls it to the middle); this one ~0.6 (experiments/sort_of_clevr_focus.py).
+        top = own * (own >= 0.5)
+        f = (top @ self.coords) / top.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, T, 2); (0, 0) if all on the sink
+        rel = self.coords[None, None] - f[:, :, None]  # (B, T, M, 2)
         geometry = torch.cat([rel, (rel ** 2).sum(-1, keepdim=True), own[..., None]], -1).to(queries.dtype)
         w = self.scene.normalise(self.scorer(self.entries, queries, geometry), queries.dtype)
         if self.record:

@@ -1,0 +1,58 @@
+"""How well does a trained hop model's prelude read locate the object a question names? (issue 19)
+
+    python experiments/sort_of_clevr_focus.py RUN_DIR [--n 1200]
+
+For the first --n test questions: the prelude read's weights at the last prompt token (B, H, M), the focus the
+hop uses (each head's weight-averaged cell position, then their mean), the centroid of the head-mean weight's
+top cells (>= half its top), and the named object's true centre. Prints, per question kind, the mean distance of
+each focus from the true centre in grid cells and the share within half a cell. Not part of the library.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from rmt.checkpoint import find_checkpoint, load_model
+from rmt.tasks import get_task
+from rmt.tasks.image_encoder import ImageBank
+from rmt.tasks.sort_of_clevr import COLORS, question_example
+
+p = argparse.ArgumentParser()
+p.add_argument("run")
+p.add_argument("--n", type=int, default=1200)
+args = p.parse_args()
+torch.set_num_threads(1)
+
+model, tok = load_model(find_checkpoint(args.run))
+model.eval()
+task = get_task("sort-of-clevr", seed=0)
+scenes = task.scenes["test"]
+coords = model.encoders["image"].coords[:, :2]  # (M, 2) in [-1, 1]
+cell = 2.0 / (model.encoders["image"].grid - 1)  # one grid step in those units
+errors: dict[str, dict[str, list[float]]] = {}
+with torch.no_grad():
+    for row in range(min(args.n, len(scenes.questions))):
+        ex = question_example(scenes, row)
+        bank, _ = ImageBank(torch.from_numpy(scenes.images[[ex.meta["image"]]])).build(model)
+        bank.record = True
+        model(torch.tensor([tok.encode(ex.prompt)]), explicit_bank=bank)
+        a1 = bank.recorded[0][0, -1].float()  # (H, M): the prelude read at the last prompt token
+        f_heads = (a1 @ coords) / a1.sum(-1, keepdim=True).clamp_min(1e-6)  # (H, 2)
+        mean = a1.mean(0)
+        top = mean * (mean >= 0.5 * mean.max())
+        focus = {"hop focus (mean of heads)": f_heads.mean(0), "top cells": (top @ coords) / top.sum(),
+                 "best head": None}
+        x, y, _ = scenes.objects[ex.meta["image"], COLORS.index(ex.meta["color"])].tolist()
+        # the probe's mapping of a named object's pixel corner to the grid's [-1, 1] coordinates
+        true = ((torch.tensor([x, y], dtype=torch.float) + 4.5 - 3.5) / 8.0) * cell - 1.0
+        d_heads = (f_heads - true).norm(dim=-1) / cell
+        out = errors.setdefault(ex.meta["question"], {})
+        for name, f in focus.items():
+            d = d_heads.min().item() if f is None else ((f - true).norm() / cell).item()
+            out.setdefault(name, []).append(d)
+        out.setdefault("sink share", []).append(1.0 - a1.sum(-1).mean().item())
+summary = {q: {k: {"mean": round(sum(v) / len(v), 3), "within_half_cell": round(sum(x < 0.5 for x in v) / len(v), 3)}
+               for k, v in d.items()} for q, d in errors.items()}
+print(json.dumps(summary, indent=1))
