@@ -295,7 +295,8 @@ class HopRead:
         own = own / own.amax(-1, keepdim=True).clamp_min(1e-6)  # (B, T, M): read 1's weight, relative to its top
         # f: the centroid of the cells read 1 weighs at least half its top -- the named object. The centroid of
         # all its weight sat ~3 grid cells from the object in a trained model (the reads' low weight spread over
-        # the picture pulls it to the middle); this one ~0.6 (experiments/sort_of_clevr_focus.py).
+        # the picture pulls it to the middle); this one 0.6-1.6, as far as the diffuse prelude read allows
+        # (experiments/sort_of_clevr_focus.py; experiments/README.md).
         top = own * (own >= 0.5)
         f = (top @ self.coords) / top.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, T, 2); (0, 0) if all on the sink
         rel = self.coords[None, None] - f[:, :, None]  # (B, T, M, 2)
