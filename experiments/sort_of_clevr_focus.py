@@ -5,7 +5,9 @@
 For the first --n test questions: the prelude read's weights at the last prompt token (B, H, M), the focus the
 hop uses (each head's weight-averaged cell position, then their mean), the centroid of the head-mean weight's
 top cells (>= half its top), and the named object's true centre. Prints, per question kind, the mean distance of
-each focus from the true centre in grid cells and the share within half a cell. Not part of the library.
+each focus from the true centre in grid cells and the share within half a cell; and how sharp the read is: its
+head-mean top weight, its weight within 1.5 cells of the named object, and how often its top cell is nearer the
+named object than any other object. Not part of the library.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from rmt.checkpoint import find_checkpoint, load_model
 from rmt.tasks import get_task
 from rmt.tasks.image_encoder import ImageBank
-from rmt.tasks.sort_of_clevr import COLORS, question_example
+from rmt.tasks.sort_of_clevr import COLORS, centres, question_example
 
 p = argparse.ArgumentParser()
 p.add_argument("run")
@@ -29,7 +31,8 @@ model, tok = load_model(find_checkpoint(args.run))
 model.eval()
 task = get_task("sort-of-clevr", seed=0)
 scenes = task.scenes["test"]
-coords = model.encoders["image"].coords[:, :2]  # (M, 2) in [-1, 1]
+enc = model.encoders["image"]
+coords = enc.coords[:, :2]  # (M, 2) in [-1, 1]
 cell = 2.0 / (model.encoders["image"].grid - 1)  # one grid step in those units
 errors: dict[str, dict[str, list[float]]] = {}
 with torch.no_grad():
@@ -44,15 +47,23 @@ with torch.no_grad():
         top = mean * (mean >= 0.5 * mean.max())
         focus = {"hop focus (mean of heads)": f_heads.mean(0), "top cells": (top @ coords) / top.sum(),
                  "best head": None}
-        x, y, _ = scenes.objects[ex.meta["image"], COLORS.index(ex.meta["color"])].tolist()
-        # the probe's mapping of a named object's pixel corner to the grid's [-1, 1] coordinates
-        true = ((torch.tensor([x, y], dtype=torch.float) + 4.5 - 3.5) / 8.0) * cell - 1.0
+        # object centres (6, 2) in pixels -> the grid's [-1, 1] coordinates (cell i's centre is pixel 8 i + 3.5)
+        px = torch.from_numpy(centres(scenes.objects[ex.meta["image"]], task.config.object_size)).float()
+        obj = (px - (enc.cell - 1) / 2) / enc.cell * cell - 1.0
+        true = obj[COLORS.index(ex.meta["color"])]
         d_heads = (f_heads - true).norm(dim=-1) / cell
         out = errors.setdefault(ex.meta["question"], {})
         for name, f in focus.items():
             d = d_heads.min().item() if f is None else ((f - true).norm() / cell).item()
             out.setdefault(name, []).append(d)
         out.setdefault("sink share", []).append(1.0 - a1.sum(-1).mean().item())
-summary = {q: {k: {"mean": round(sum(v) / len(v), 3), "within_half_cell": round(sum(x < 0.5 for x in v) / len(v), 3)}
-               for k, v in d.items()} for q, d in errors.items()}
+        out.setdefault("top weight (head mean)", []).append(mean.max().item())
+        near = ((coords - true).norm(dim=-1) / cell) <= 1.5
+        out.setdefault("weight within 1.5 cells", []).append(mean[near].sum().item())
+        top_cell = coords[mean.argmax()]
+        out.setdefault("top cell nearest the named object", []).append(
+            float((obj - top_cell).norm(dim=-1).argmin().item() == COLORS.index(ex.meta["color"])))
+DISTANCES = ("hop focus (mean of heads)", "top cells", "best head")
+summary = {q: {k: ({"mean": round(sum(v) / len(v), 3), "within_half_cell": round(sum(x < 0.5 for x in v) / len(v), 3)}
+                   if k in DISTANCES else round(sum(v) / len(v), 3)) for k, v in d.items()} for q, d in errors.items()}
 print(json.dumps(summary, indent=1))
