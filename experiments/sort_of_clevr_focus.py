@@ -1,8 +1,8 @@
 """How well does a trained hop model's prelude read locate the object a question names? (issue 19)
 
-    python experiments/sort_of_clevr_focus.py RUN_DIR [--n 1200]
+    python experiments/sort_of_clevr_focus.py RUN_DIR [--n 1200] [--at last|colour]
 
-For the first --n test questions: the prelude read's weights at the last prompt token (B, H, M), the focus the
+For the first --n test questions: the prelude read's weights at the last prompt token (or the colour word's, --at colour) (H, M), the focus the
 hop uses (each head's weight-averaged cell position, then their mean), the centroid of the head-mean weight's
 top cells (>= half its top), and the named object's true centre. Prints, per question kind, the mean distance of
 each focus from the true centre in grid cells and the share within half a cell; and how sharp the read is: its
@@ -24,6 +24,8 @@ from rmt.tasks.sort_of_clevr import COLORS, centres, question_example
 p = argparse.ArgumentParser()
 p.add_argument("run")
 p.add_argument("--n", type=int, default=1200)
+p.add_argument("--at", choices=("last", "colour"), default="last",
+               help="the position whose read is measured: the last prompt token, or the colour word's token")
 args = p.parse_args()
 torch.set_num_threads(1)
 
@@ -40,8 +42,10 @@ with torch.no_grad():
         ex = question_example(scenes, row)
         bank, _ = ImageBank(torch.from_numpy(scenes.images[[ex.meta["image"]]])).build(model)
         bank.record = True
-        model(torch.tensor([tok.encode(ex.prompt)]), explicit_bank=bank)
-        a1 = bank.recorded[0][0, -1].float()  # (H, M): the prelude read at the last prompt token
+        ids = tok.encode(ex.prompt)
+        model(torch.tensor([ids]), explicit_bank=bank)
+        at = -1 if args.at == "last" else max(i for i in range(len(ids)) if ex.meta["color"] in tok.decode([ids[i]]))
+        a1 = bank.recorded[0][0, at].float()  # (H, M): the prelude read at the last prompt token
         f_heads = (a1 @ coords) / a1.sum(-1, keepdim=True).clamp_min(1e-6)  # (H, 2)
         mean = a1.mean(0)
         top = mean * (mean >= 0.5 * mean.max())
