@@ -13,7 +13,7 @@ from rmt.cli import main
 from rmt.model import RMT, ConfigError, RMTConfig, loss_fn
 from rmt.model.memory import SoftmaxMemoryBank
 from rmt.tasks import get_task
-from rmt.tasks.image_encoder import ImageBank, PatchEncoder, PatchEncoderConfig
+from rmt.tasks.image_encoder import ImageBank, PatchEncoder
 from rmt.tasks.sort_of_clevr import ANSWERS, COLORS, QUESTIONS, RGB, SortOfClevrConfig, answer, generate, stamps
 from tests.oracles import softmax_attention_reference
 
@@ -420,27 +420,6 @@ def test_the_hop_scores_the_core_reads_from_where_the_prelude_read_looked():
                            ({"bank": {"heads": 4}}, "hop_heads / hop_query must equal")]:
         with pytest.raises(ConfigError, match=match):
             task.check_model(vision_config(vision=HOP, **changes))
-
-
-def test_the_locating_read_keeps_each_heads_top_cells():
-    """encoders.image.locate_topk: the prelude's read of the picture is a softmax (with the sink) over each head's
-    k best-scored cells only, computed here by hand; the hop's focus comes from those weights; 0 < k needs hop."""
-    torch.manual_seed(0)
-    model = RMT(vision_config(vision={**HOP, "locate_topk": 3}, bank={"sink": True})).eval()
-    bank, _ = ImageBank(torch.randint(0, 256, (2, 75, 75, 3), dtype=torch.uint8)).build(model)
-    q = torch.randn(2, 3, 16)
-    with torch.no_grad():
-        r = bank.read(q)
-        s = bank.scores(q)  # (B, H, T, M)
-        kth = s.sort(-1, descending=True).values[..., 2:3]
-        s = torch.where(s >= kth, s, torch.full_like(s, float("-inf")))
-        w = torch.softmax(torch.cat([s, torch.zeros(*s.shape[:-1], 1)], -1), -1)[..., :-1]
-        assert ((bank.focus > 0).sum(-1) == 3).all()
-        assert torch.allclose(bank.focus, w, atol=1e-6)
-        v = bank.values.view(2, -1, 2, bank.d_value // 2).transpose(1, 2)
-        assert torch.allclose(r, (w @ v).transpose(1, 2).reshape(2, 3, -1), atol=1e-5)
-    with pytest.raises(ConfigError, match="locate_topk: expected 0 .off. or a number of cells >= 1 with hop > 0"):
-        PatchEncoderConfig.from_dict({"stem": "conv", "conv_layers": 3, "locate_topk": 3})
 
 
 def test_gradients_reach_the_image_encoder_and_the_core_query():

@@ -75,11 +75,6 @@ class PatchEncoderConfig(Section):
     hop: int = 0
     hop_heads: int = 4
     hop_query: int = 64
-    # > 0 (with hop): the prelude's read of the picture keeps each head's locate_topk best cells (the rest get no
-    # weight). A full softmax read was measured diffuse -- ~0.2 of its weight near the object a question names,
-    # the rest spread over the picture -- which answers "shape of red" (the values name their colour) but gives
-    # the hop no place to start from (experiments/README.md, "A read that must locate").
-    locate_topk: int = 0
 
     def validate(self) -> None:
         super().validate()
@@ -91,9 +86,6 @@ class PatchEncoderConfig(Section):
         if self.hop < 0:
             raise ConfigError(f"{self.path}.hop: expected a hidden width >= 0 (0 = off), got {self.hop}")
         self._positive("hop_heads", "hop_query")
-        if self.locate_topk < 0 or (self.locate_topk and not self.hop):
-            raise ConfigError(f"{self.path}.locate_topk: expected 0 (off) or a number of cells >= 1 with hop > 0, "
-                              f"got {self.locate_topk} (hop = {self.hop})")
         if not self.recon >= 0.0:
             raise ConfigError(f"{self.path}.recon: expected a weight >= 0, got {self.recon}")
 
@@ -273,17 +265,12 @@ class SceneBank(SoftmaxMemoryBank):
     """The picture's bank when the encoder has a hop: a softmax bank that keeps the weights of its latest read
     (the prelude's, at every position), which its `core_view`, a `HopRead`, scores the core's re-reads from."""
 
-    def __init__(self, d_key: int, d_value: int, heads: int, sink: bool, topk: int = 0) -> None:
+    def __init__(self, d_key: int, d_value: int, heads: int, sink: bool) -> None:
         super().__init__(d_key, d_value, heads, sink)
-        self.topk = topk  # > 0: each head's read keeps only its topk best-scored cells
         self.focus: Tensor | None = None  # (B, H, T, M), detached
 
     def weights(self, queries: Tensor) -> Tensor:
-        scores = self.scores(queries)  # (B, H, T, M)
-        if 0 < self.topk < scores.shape[-1]:
-            kth = scores.topk(self.topk, dim=-1).values[..., -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        w = self.normalise(scores, queries.dtype)
+        w = super().weights(queries)
         self.focus = w.detach()  # the hop's reference point only: the prelude's read learns from its own use
         return w
 
@@ -343,7 +330,7 @@ class ImageBank(BankSource):
                 raise ValueError(f"the {self.encoder!r} encoder's hop reads a softmax bank of hop_heads="
                                  f"{enc.config.hop_heads}, d_key={enc.config.hop_query}; the model's bank is "
                                  f"read={b.read!r}, heads={b.heads}, d_key={b.d_key}")
-            bank = SceneBank(b.d_key, model.reader.bank.d_value, b.heads, b.sink, enc.config.locate_topk)
+            bank = SceneBank(b.d_key, model.reader.bank.d_value, b.heads, b.sink)
         model.write_memory(bank, entries, key_entries=key_inputs)
         if enc.hop is not None:
             bank.core_view = HopRead(bank, enc.hop, entries, enc.coords)
