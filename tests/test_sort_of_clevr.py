@@ -408,6 +408,12 @@ def test_the_hop_scores_the_core_reads_from_where_the_prelude_read_looked():
         assert torch.allclose(bank.core_view.read(q2), expected, atol=1e-5)
         with pytest.raises(ValueError, match="follows the prelude's read of its bank at the same positions"):
             bank.core_view.read(torch.randn(2, 5, 16))
+        # hop_exclude (inhibition of return): the same read with the cells read 1 found masked out
+        bank.core_view.exclude = True
+        wx = torch.softmax(torch.cat([logits.masked_fill((own >= 0.5)[:, None], float("-inf")),
+                                      torch.zeros(2, 2, 3, 1)], -1), -1)[..., :-1]
+        assert (wx[(own >= 0.5)[:, None].expand_as(wx)] == 0).all() and (own >= 0.5).any()
+        assert torch.allclose(bank.core_view.read(q2), (wx @ v).transpose(1, 2).reshape(2, 3, -1), atol=1e-5)
     from rmt.evaluation.visual_qa import read_attention
     from rmt.tasks.sort_of_clevr import question_example
     from rmt.tokenizer import ByteTokenizer
@@ -417,9 +423,12 @@ def test_the_hop_scores_the_core_reads_from_where_the_prelude_read_looked():
     task = get_task("sort-of-clevr", n_train=1, n_validation=1, n_test=1, cache=False)
     task.check_model(vision_config(vision=HOP, bank={"sink": True}))
     for changes, match in [({"reader": {"core_reads": False}}, "needs model.reader.core_reads = true"),
-                           ({"bank": {"heads": 4}}, "hop_heads / hop_query must equal")]:
+                           ({"bank": {"heads": 4}}, "hop_heads / hop_query must equal"),
+                           ({"vision": {**HOP, "hop_exclude": True}}, "hop_exclude needs model.bank.sink")]:
         with pytest.raises(ConfigError, match=match):
-            task.check_model(vision_config(vision=HOP, **changes))
+            task.check_model(vision_config(**{"vision": HOP, **changes}))
+    with pytest.raises(ConfigError, match=r"hop_exclude: .*needs hop > 0"):
+        vision_config(vision={"hop_exclude": True})
 
 
 def test_gradients_reach_the_image_encoder_and_the_core_query():

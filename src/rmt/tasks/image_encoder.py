@@ -75,6 +75,9 @@ class PatchEncoderConfig(Section):
     hop: int = 0
     hop_heads: int = 4
     hop_query: int = 64
+    # Inhibition of return: the hop never weighs the cells the prelude's read found (those at >= half its top
+    # weight, the named object): "closest to red" must not answer red (experiments/README.md, "Closest").
+    hop_exclude: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -86,6 +89,8 @@ class PatchEncoderConfig(Section):
         if self.hop < 0:
             raise ConfigError(f"{self.path}.hop: expected a hidden width >= 0 (0 = off), got {self.hop}")
         self._positive("hop_heads", "hop_query")
+        if self.hop_exclude and not self.hop:
+            raise ConfigError(f"{self.path}.hop_exclude: masks cells out of the hop's read; it needs hop > 0")
         if not self.recon >= 0.0:
             raise ConfigError(f"{self.path}.recon: expected a weight >= 0, got {self.recon}")
 
@@ -170,6 +175,7 @@ class PatchEncoder(nn.Module):
         self.cell = -(-image_size // g)
         self.recon = nn.Linear(d_model, self.cell * self.cell * 3) if recon else None
         self.hop = (HopScorer(d_model, config.hop_query, config.hop_heads, config.hop) if config.hop else None)
+        self.hop_exclude = config.hop_exclude
 
     @property
     def num_patches(self) -> int:
@@ -280,8 +286,10 @@ class HopRead:
     values with `HopScorer` logits (softmax with the bank's sink). Reads at the positions of the prelude read
     it follows (the same T); records its weights like a bank (``record``, ``recorded``) for the read pictures."""
 
-    def __init__(self, scene: SceneBank, scorer: HopScorer, entries: Tensor, coords: Tensor) -> None:
+    def __init__(self, scene: SceneBank, scorer: HopScorer, entries: Tensor, coords: Tensor,
+                 exclude: bool = False) -> None:
         self.scene, self.scorer, self.entries, self.coords = scene, scorer, entries, coords[:, :2]
+        self.exclude = exclude  # mask out the cells read 1 found (see PatchEncoderConfig.hop_exclude)
         self.record = False
         self.recorded: list[Tensor] = []
 
@@ -301,7 +309,10 @@ class HopRead:
         f = (top @ self.coords) / top.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, T, 2); (0, 0) if all on the sink
         rel = self.coords[None, None] - f[:, :, None]  # (B, T, M, 2)
         geometry = torch.cat([rel, (rel ** 2).sum(-1, keepdim=True), own[..., None]], -1).to(queries.dtype)
-        w = self.scene.normalise(self.scorer(self.entries, queries, geometry), queries.dtype)
+        logits = self.scorer(self.entries, queries, geometry)
+        if self.exclude:  # the sink keeps a row whose cells are all masked finite: it then reads nothing
+            logits = logits.masked_fill((own >= 0.5)[:, None], float("-inf"))
+        w = self.scene.normalise(logits, queries.dtype)
         if self.record:
             self.recorded.append(w.detach().permute(0, 2, 1, 3))  # (B, T, H, M)
         return self.scene.apply_weights(w)
@@ -333,7 +344,7 @@ class ImageBank(BankSource):
             bank = SceneBank(b.d_key, model.reader.bank.d_value, b.heads, b.sink)
         model.write_memory(bank, entries, key_entries=key_inputs)
         if enc.hop is not None:
-            bank.core_view = HopRead(bank, enc.hop, entries, enc.coords)
+            bank.core_view = HopRead(bank, enc.hop, entries, enc.coords, exclude=enc.hop_exclude)
         return bank, (enc.aux_losses(self.images, entries) if model.training else None)
 
     def select(self, rows: slice) -> "ImageBank":
