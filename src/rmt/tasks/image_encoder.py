@@ -175,7 +175,6 @@ class PatchEncoder(nn.Module):
         self.cell = -(-image_size // g)
         self.recon = nn.Linear(d_model, self.cell * self.cell * 3) if recon else None
         self.hop = (HopScorer(d_model, config.hop_query, config.hop_heads, config.hop) if config.hop else None)
-        self.hop_exclude = config.hop_exclude
 
     @property
     def num_patches(self) -> int:
@@ -305,13 +304,14 @@ class HopRead:
         # all its weight sat ~3 grid cells from the object in a trained model (the reads' low weight spread over
         # the picture pulls it to the middle); this one 0.6-1.6, as far as the diffuse prelude read allows
         # (experiments/sort_of_clevr_focus.py; experiments/README.md).
-        top = own * (own >= 0.5)
+        found = own >= 0.5  # (B, T, M): the cells read 1 found
+        top = own * found
         f = (top @ self.coords) / top.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, T, 2); (0, 0) if all on the sink
         rel = self.coords[None, None] - f[:, :, None]  # (B, T, M, 2)
         geometry = torch.cat([rel, (rel ** 2).sum(-1, keepdim=True), own[..., None]], -1).to(queries.dtype)
         logits = self.scorer(self.entries, queries, geometry)
-        if self.exclude:  # the sink keeps a row whose cells are all masked finite: it then reads nothing
-            logits = logits.masked_fill((own >= 0.5)[:, None], float("-inf"))
+        if self.exclude:  # a row with every cell masked puts all its weight on the bank's sink: it reads nothing
+            logits = logits.masked_fill(found[:, None], float("-inf"))
         w = self.scene.normalise(logits, queries.dtype)
         if self.record:
             self.recorded.append(w.detach().permute(0, 2, 1, 3))  # (B, T, H, M)
@@ -344,7 +344,7 @@ class ImageBank(BankSource):
             bank = SceneBank(b.d_key, model.reader.bank.d_value, b.heads, b.sink)
         model.write_memory(bank, entries, key_entries=key_inputs)
         if enc.hop is not None:
-            bank.core_view = HopRead(bank, enc.hop, entries, enc.coords, exclude=enc.hop_exclude)
+            bank.core_view = HopRead(bank, enc.hop, entries, enc.coords, exclude=enc.config.hop_exclude)
         return bank, (enc.aux_losses(self.images, entries) if model.training else None)
 
     def select(self, rows: slice) -> "ImageBank":
