@@ -56,6 +56,9 @@ p.add_argument("--oracle-focus", action="store_true",
 p.add_argument("--focus-scale", type=float, default=4.0, help="multiplies the focus slope and inhibition")
 p.add_argument("--pairs", action="store_true",
                help="+ a Relation-Network-style g(entry_i, r1, q, coords_i) summed over the cells, into the answer")
+p.add_argument("--prior", action="store_true",
+               help="--score-mlp: + a learnable per-head distance slope (init -3, -1, 1, 3) * |p - f|^2 and an "
+                    "inhibition (init -3) * read 1's relative weight: ALiBi-like heads that start near and far")
 p.add_argument("--objects-steps", type=int, default=1500)
 p.add_argument("--relations-steps", type=int, default=2500)
 p.add_argument("--lr", type=float, default=1e-3)
@@ -97,6 +100,10 @@ class Hop(nn.Module):
                            if args.score_mlp else None)
             self.locator = (ExplicitMemoryRead(D, D, heads=args.heads, read="softmax", sink=True)
                             if args.locate else None)
+            if args.prior:
+                h = args.heads
+                self.slope = nn.Parameter(torch.linspace(-3.0, 3.0, h))
+                self.inhibit = nn.Parameter(torch.full((h,), -3.0))
             if self.focus is not None:  # start as a plain read; the bias grows where it pays
                 nn.init.zeros_(self.focus.weight)
                 nn.init.zeros_(self.focus.bias)
@@ -185,6 +192,9 @@ class Hop(nn.Module):
         x = torch.cat([entries, x2[:, None].expand(-1, m, -1), rel, (rel ** 2).sum(-1, keepdim=True),
                        a1[..., None] / a1.amax(-1, keepdim=True)[..., None].clamp_min(1e-6)], -1)
         s2 = self.scorer(x).transpose(1, 2)  # (B, H, M)
+        if args.prior:
+            s2 = (s2 + self.slope[:, None] * (rel ** 2).sum(-1)[:, None]
+                  + self.inhibit[:, None] * x[:, None, :, -1])
         return self.weighted_read(s2, bank2, x2)
 
     def mlp_read_heads(self, x2, a1, f, bank2, entries):

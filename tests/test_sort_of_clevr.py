@@ -402,18 +402,16 @@ def test_the_hop_scores_the_core_reads_from_where_the_prelude_read_looked():
         geometry = torch.cat([rel, (rel ** 2).sum(-1, keepdim=True), own[..., None]], -1)
         hidden = enc.hop.cell(entries)[:, None] + enc.hop.query(q2)[:, :, None] + enc.hop.geometry(geometry)
         logits = enc.hop.out(torch.nn.functional.gelu(hidden)).permute(0, 3, 1, 2)  # (B, H, T, M)
+        # + each head's distance slope and inhibition of the prelude read's cells (ALiBi-like start)
+        logits = logits + (enc.hop.slope.view(1, -1, 1, 1) * (rel ** 2).sum(-1)[:, None]
+                           + enc.hop.inhibit.view(1, -1, 1, 1) * own[:, None])
+        assert enc.hop.slope.tolist() == [-3.0, 3.0] and enc.hop.inhibit.tolist() == [-3.0, -3.0]
         w = torch.softmax(torch.cat([logits, torch.zeros(2, 2, 3, 1)], -1), -1)[..., :-1]
         v = bank.values.view(2, -1, 2, bank.d_value // 2).transpose(1, 2)
         expected = (w @ v).transpose(1, 2).reshape(2, 3, -1)
         assert torch.allclose(bank.core_view.read(q2), expected, atol=1e-5)
         with pytest.raises(ValueError, match="follows the prelude's read of its bank at the same positions"):
             bank.core_view.read(torch.randn(2, 5, 16))
-        # hop_exclude (inhibition of return): the same read with the cells read 1 found masked out
-        bank.core_view.exclude = True
-        wx = torch.softmax(torch.cat([logits.masked_fill((own >= 0.5)[:, None], float("-inf")),
-                                      torch.zeros(2, 2, 3, 1)], -1), -1)[..., :-1]
-        assert (wx[(own >= 0.5)[:, None].expand_as(wx)] == 0).all() and (own >= 0.5).any()
-        assert torch.allclose(bank.core_view.read(q2), (wx @ v).transpose(1, 2).reshape(2, 3, -1), atol=1e-5)
     from rmt.evaluation.visual_qa import read_attention
     from rmt.tasks.sort_of_clevr import question_example
     from rmt.tokenizer import ByteTokenizer
@@ -423,12 +421,9 @@ def test_the_hop_scores_the_core_reads_from_where_the_prelude_read_looked():
     task = get_task("sort-of-clevr", n_train=1, n_validation=1, n_test=1, cache=False)
     task.check_model(vision_config(vision=HOP, bank={"sink": True}))
     for changes, match in [({"reader": {"core_reads": False}}, "needs model.reader.core_reads = true"),
-                           ({"bank": {"heads": 4}}, "hop_heads / hop_query must equal"),
-                           ({"vision": {**HOP, "hop_exclude": True}}, "hop_exclude needs model.bank.sink")]:
+                           ({"bank": {"heads": 4}}, "hop_heads / hop_query must equal")]:
         with pytest.raises(ConfigError, match=match):
             task.check_model(vision_config(**{"vision": HOP, **changes}))
-    with pytest.raises(ConfigError, match=r"hop_exclude: .*needs hop > 0"):
-        vision_config(vision={"hop_exclude": True})
 
 
 def test_gradients_reach_the_image_encoder_and_the_core_query():

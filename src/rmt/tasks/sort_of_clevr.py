@@ -262,9 +262,6 @@ class SortOfClevr(Task):
                 raise ConfigError(f"tasks.{self.name}: model.encoders.image.hop_heads / hop_query must equal "
                                   f"model.bank.heads / d_key of a softmax bank: got {settings.hop_heads} / "
                                   f"{settings.hop_query} for a {b.read!r} bank of {b.heads} / {b.d_key}")
-            if settings.hop_exclude and not b.sink:
-                raise ConfigError(f"tasks.{self.name}: model.encoders.image.hop_exclude needs model.bank.sink = true "
-                                  "(a hop whose every cell is masked must be able to read nothing)")
         if settings.image_size != self.config.image_size:
             raise ConfigError(f"tasks.{self.name}: images are {self.config.image_size} pixels wide but "
                               f"model.encoders.image.image_size is {settings.image_size}")
