@@ -308,8 +308,7 @@ class HopRead:
         # all its weight sat ~3 grid cells from the object in a trained model (the reads' low weight spread over
         # the picture pulls it to the middle); this one 0.6-1.6, as far as the diffuse prelude read allows
         # (experiments/sort_of_clevr_focus.py; experiments/README.md).
-        found = own >= 0.5  # (B, T, M): the cells read 1 found
-        top = own * found
+        top = own * (own >= 0.5)
         f = (top @ self.coords) / top.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, T, 2); (0, 0) if all on the sink
         rel = self.coords[None, None] - f[:, :, None]  # (B, T, M, 2)
         geometry = torch.cat([rel, (rel ** 2).sum(-1, keepdim=True), own[..., None]], -1).to(queries.dtype)
